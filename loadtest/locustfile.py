@@ -1,0 +1,276 @@
+"""Locust load for the Overhead gateway: closed-loop users POSTing corpus images to /v1/infer.
+
+Run by ``loadtest/sweep.py`` (one Locust process for the whole sweep), or by hand::
+
+    locust -f loadtest/locustfile.py --headless --host http://127.0.0.1:8000 \\
+        --overhead-run-dir runs/x --overhead-manifest runs/x/corpus.json \\
+        --overhead-steps 1,2,4 --overhead-step-seconds 20 --overhead-warmup-seconds 5
+
+Every option also reads an env var (``OVERHEAD_RUN_DIR``, ``OVERHEAD_MANIFEST``,
+``OVERHEAD_SIZES``, ``OVERHEAD_STEPS``, ``OVERHEAD_STEP_SECONDS``, ``OVERHEAD_WARMUP_SECONDS``).
+
+Each request gets one exact record (docs/architecture.md, requests.parquet) kept in memory and
+written when the test stops, together with ``steps.parquet`` (the real step boundaries recorded by
+``StepShape``) and ``locust/final_stats.json`` (Locust's own final counters, which its
+``_stats.csv`` can lag). While running, ``locust/progress.json`` is refreshed every second for the
+sweep runner.
+
+This process is gevent-patched: it must not import TensorFlow, ONNX Runtime, OpenCV or numpy-heavy
+code. It reads image paths from a JSON manifest (a list of objects with ``name``, ``size_class``,
+``path``) written by the sweep runner.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import gevent
+from locust import FastHttpUser, constant, events, task
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:  # locust puts only loadtest/ on sys.path
+    sys.path.insert(0, str(_REPO))
+
+from analysis.rundir import (  # noqa: E402  (light: pyarrow is imported lazily)
+    REQUEST_COLUMNS, STEP_COLUMNS, RunDir, table_from_rows, write_json_atomic,
+    write_parquet_atomic,
+)
+from loadtest.shapes import StepShape  # noqa: E402,F401  (Locust picks the shape up from here)
+
+log = logging.getLogger("overhead.locustfile")
+
+INFER_PATH = "/v1/infer"
+GOLDEN = 0.6180339887498949  # user start offsets spread over the corpus for any user count
+
+# One tuple per request, in REQUEST_COLUMNS order. list.append is atomic; users are greenlets.
+RECORDS: list[tuple] = []
+_written = {"requests": -1}
+_user_ids = itertools.count()
+
+
+class CorpusImage:
+    __slots__ = ("name", "size_class", "data", "label", "content_type")
+
+    def __init__(self, name: str, size_class: str, data: bytes, content_type: str = "image/jpeg"):
+        self.name, self.size_class, self.data = name, size_class, data
+        self.label = f"{INFER_PATH} [{size_class}]"  # Locust's stats show size classes apart
+        self.content_type = content_type
+
+
+IMAGES: list[CorpusImage] = []
+_ENV: dict = {}  # the Locust Environment, for the quit listener (which does not receive it)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser):
+    g = parser.add_argument_group("Overhead")
+    g.add_argument("--overhead-run-dir", type=str, env_var="OVERHEAD_RUN_DIR", default="",
+                   help="run directory: requests.parquet, steps.parquet, locust/final_stats.json")
+    g.add_argument("--overhead-manifest", type=str, env_var="OVERHEAD_MANIFEST", default="",
+                   help="corpus manifest JSON (default RUN_DIR/corpus.json)")
+    g.add_argument("--overhead-sizes", type=str, env_var="OVERHEAD_SIZES", default="",
+                   help="comma-separated size classes to send (default: all in the manifest)")
+    g.add_argument("--overhead-steps", type=str, env_var="OVERHEAD_STEPS", default="",
+                   help='concurrency steps, "1,2,4,8" or "1:20,2:30" (users[:seconds])')
+    g.add_argument("--overhead-step-seconds", type=float, env_var="OVERHEAD_STEP_SECONDS",
+                   default=20.0, help="seconds per step")
+    g.add_argument("--overhead-warmup-seconds", type=float, env_var="OVERHEAD_WARMUP_SECONDS",
+                   default=0.0, help="first seconds of each step not measured")
+
+
+def load_manifest(path: str | os.PathLike, sizes: str = "") -> list[CorpusImage]:
+    """Read the manifest, keep the wanted size classes, and interleave them round-robin so every
+    short window of a user's cycle sends every size class."""
+    entries = json.loads(Path(path).read_text())
+    if isinstance(entries, dict):
+        entries = entries.get("images", [])
+    wanted = {s.strip() for s in sizes.split(",") if s.strip()}
+    base = Path(path).resolve().parent
+    by_size: dict[str, list[CorpusImage]] = {}
+    for e in entries:
+        if wanted and e["size_class"] not in wanted:
+            continue
+        p = Path(e["path"])
+        p = p if p.is_absolute() else base / p
+        ctype = "image/png" if p.suffix.lower() == ".png" else "image/jpeg"
+        by_size.setdefault(e["size_class"], []).append(
+            CorpusImage(e["name"], e["size_class"], p.read_bytes(), ctype))
+    missing = wanted - set(by_size)
+    if missing:
+        raise ValueError(f"no images of size class {sorted(missing)} in {path}")
+    order = []
+    for group in itertools.zip_longest(*by_size.values()):
+        order.extend(img for img in group if img is not None)
+    return order
+
+
+@events.init.add_listener
+def _on_init(environment, **_):
+    _ENV["env"] = environment
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    manifest = opts.overhead_manifest or (
+        str(RunDir(opts.overhead_run_dir).corpus) if opts.overhead_run_dir else "")
+    if not manifest or not Path(manifest).exists():
+        raise SystemExit(f"overhead locustfile: no corpus manifest (set --overhead-manifest or "
+                         f"OVERHEAD_MANIFEST; tried {manifest!r})")
+    IMAGES[:] = load_manifest(manifest, opts.overhead_sizes)
+    if not IMAGES:
+        raise SystemExit(f"overhead locustfile: manifest {manifest} has no images")
+    if not opts.overhead_run_dir:
+        log.warning("no --overhead-run-dir / OVERHEAD_RUN_DIR: per-request records not written")
+    log.info("overhead: %d images (%s)", len(IMAGES),
+             ", ".join(sorted({i.size_class for i in IMAGES})))
+
+
+class InferUser(FastHttpUser):
+    """Closed loop: the next request goes out as soon as the previous answer is in."""
+    wait_time = constant(0)
+
+    def on_start(self):
+        self.uid = next(_user_ids)
+        n = len(IMAGES)
+        self.pos = int(self.uid * GOLDEN * n) % n if n else 0
+
+    @task
+    def infer(self):
+        img = IMAGES[self.pos % len(IMAGES)]
+        self.pos += 1
+        rid = uuid.uuid4().hex
+        send_ns = time.time_ns()
+        with self.client.post(INFER_PATH, data=img.data, name=img.label, catch_response=True,
+                              headers={"X-Request-ID": rid, "Content-Type": img.content_type}) as resp:
+            recv_ns = time.time_ns()  # post() returns after the whole body has been read
+            status = int(resp.status_code or 0)
+            error, k = None, -1
+            timing = (resp.headers.get("Server-Timing") if resp.headers else None) or ""
+            try:
+                if status == 200:
+                    body = json.loads(resp.content)
+                    k = int(body.get("k", -1))
+                    if body.get("request_id") != rid:
+                        error = f"request_id mismatch: sent {rid}, got {body.get('request_id')!r}"
+                elif status == 0:
+                    error = f"{type(resp.error).__name__}: {resp.error}"
+                else:
+                    error = _error_text(resp)
+            except Exception as exc:  # a bad body is a failed request, not a crashed user
+                error = f"bad response body: {type(exc).__name__}: {exc}"
+            RECORDS.append((rid, self.uid, img.name, img.size_class, len(img.data), send_ns,
+                            send_ns, recv_ns, status, error, timing, k))
+            if error is None:
+                resp.success()
+            else:
+                resp.failure(error)
+
+
+def _error_text(resp) -> str:
+    try:
+        body = json.loads(resp.content)
+        return f"HTTP {resp.status_code} {body.get('error', '')}: {body.get('message', '')}"[:500]
+    except Exception:
+        text = (resp.content or b"")[:300].decode("utf-8", "replace")
+        return f"HTTP {resp.status_code}: {text}"
+
+
+# --- writing the run directory ---------------------------------------------------------------
+
+def _run_dir(environment) -> RunDir | None:
+    opts = environment.parsed_options
+    d = getattr(opts, "overhead_run_dir", "") if opts else ""
+    return RunDir(d) if d else None
+
+
+def _shape(environment) -> StepShape | None:
+    shape = environment.shape_class
+    return shape if isinstance(shape, StepShape) else None
+
+
+def write_records(environment) -> None:
+    run = _run_dir(environment)
+    if run is None:
+        return
+    n = len(RECORDS)
+    if n != _written["requests"]:
+        write_parquet_atomic(table_from_rows(list(RECORDS[:n]), REQUEST_COLUMNS), run.requests)
+        _written["requests"] = n
+    shape = _shape(environment)
+    if shape is not None and shape.steps:
+        rows = [(s["step"], s["users"], s["start_ns"], s["measure_start_ns"], s["end_ns"])
+                for s in shape.finish()]
+        write_parquet_atomic(table_from_rows(rows, STEP_COLUMNS), run.steps)
+
+
+def write_final_stats(environment) -> None:
+    run = _run_dir(environment)
+    if run is None or environment.runner is None:
+        return
+    stats = environment.runner.stats
+    by_name = {f"{e.method} {e.name}": {"requests": e.num_requests, "failures": e.num_failures}
+               for e in stats.entries.values()}
+    write_json_atomic({"requests": stats.total.num_requests, "failures": stats.total.num_failures,
+                       "records": len(RECORDS), "by_name": by_name, "written_ns": time.time_ns()},
+                      run.locust_final)
+
+
+def _progress_loop(environment) -> None:
+    run = _run_dir(environment)
+    while run is not None:
+        shape = _shape(environment)
+        stats = environment.runner.stats.total if environment.runner else None
+        state = dict(time_ns=time.time_ns(), pid=os.getpid(), records=len(RECORDS),
+                     requests=stats.num_requests if stats else 0,
+                     failures=stats.num_failures if stats else 0,
+                     user_count=environment.runner.user_count if environment.runner else 0)
+        if shape is not None:
+            state.update(shape.progress())
+        try:
+            write_json_atomic(state, run.locust_progress)
+        except OSError:
+            pass
+        gevent.sleep(1.0)
+
+
+_progress_greenlet = {"g": None}
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_):
+    if _progress_greenlet["g"] is None:
+        _progress_greenlet["g"] = gevent.spawn(_progress_loop, environment)
+    # Locust installs its SIGTERM handler only after a headless shape run has ended, so until then
+    # SIGTERM would kill it on the spot and lose every record. Stop the run gracefully instead
+    # (test_stop and quit then write the run directory); Locust's own handler replaces this later.
+    if environment.parsed_options is not None and environment.parsed_options.headless:
+        gevent.signal_handler(signal.SIGTERM, _graceful_quit, environment)
+
+
+def _graceful_quit(environment) -> None:
+    log.info("overhead: SIGTERM, stopping the test and writing the records")
+    if environment.runner is not None:
+        environment.runner.quit()
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment, **_):
+    write_records(environment)
+
+
+@events.quit.add_listener
+def _on_quit(**_):
+    environment = _ENV.get("env")
+    if environment is None:
+        return
+    g = _progress_greenlet["g"]
+    if g is not None:
+        g.kill(block=False)
+    write_records(environment)
+    write_final_stats(environment)

@@ -1,0 +1,48 @@
+"""The Locust ``LoadTestShape`` for stepped concurrency (imports Locust: use it only inside the
+Locust process; the schedule arithmetic lives in ``loadtest/schedule.py``).
+
+``StepShape`` runs the schedule given by ``--overhead-steps`` / ``--overhead-step-seconds`` /
+``--overhead-warmup-seconds`` (or the ``OVERHEAD_*`` env vars) and records each step's real start
+and end with ``time.time_ns()`` (``StepTracker``); the locustfile writes them to steps.parquet.
+"""
+from __future__ import annotations
+
+from locust import LoadTestShape
+
+from loadtest.schedule import StepSchedule, StepTracker, schedule_from_options
+
+SPAWN_RATE = 100.0  # users per second when a step changes: every step starts at once
+
+
+class StepShape(LoadTestShape):
+    def __init__(self, schedule: StepSchedule | None = None):
+        super().__init__()
+        self.schedule = schedule
+        self.tracker: StepTracker | None = None
+
+    def _ensure(self) -> StepTracker:
+        if self.tracker is None:
+            if self.schedule is None:
+                env = getattr(self.runner, "environment", None)
+                self.schedule = schedule_from_options(getattr(env, "parsed_options", None))
+            self.tracker = StepTracker(self.schedule)
+        return self.tracker
+
+    def reset_time(self):
+        super().reset_time()
+        self.tracker = None
+
+    def tick(self):
+        tracker = self._ensure()
+        i = tracker.observe(self.get_run_time())
+        return None if i is None else (self.schedule.steps[i][0], SPAWN_RATE)
+
+    @property
+    def steps(self) -> list[dict]:
+        return self.tracker.rows if self.tracker else []
+
+    def finish(self) -> list[dict]:
+        return self.tracker.finish() if self.tracker else []
+
+    def progress(self) -> dict:
+        return self.tracker.progress() if self.tracker else {}

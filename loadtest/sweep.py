@@ -1,0 +1,583 @@
+"""Headless concurrency sweep: gateway + one Locust process + run directory + breakdown report.
+
+    python -m loadtest.sweep --out RUN_DIR --users 1,2,4,8 --step-seconds 20 --warmup-seconds 5 \\
+        [--sizes 0.1MP,1MP,8MP] [--host URL | gateway options, e.g. --k 4 or --gateway-arg=--k=4]
+
+Without ``--host`` the gateway is started here (``python -m pipelines.gateway`` on a free loopback
+port, spans into RUN_DIR/spans, log in RUN_DIR/logs/gateway.log) and stopped at the end by PID
+(SIGTERM, then SIGKILL of its process group after a timeout). Options this runner does not know
+are passed to the gateway. Locust runs in its own process (it monkey-patches with gevent) with
+``loadtest/locustfile.py`` and the stepped shape of ``loadtest/shapes.py``; its CPU time and the
+gateway's are sampled with psutil and reported per step. At the end: spans/ parts are merged into
+spans.parquet, config.json says what ran, and ``analysis/breakdown.py`` prints and writes the report.
+
+With ``--host`` (a gateway you started), no gateway CPU is recorded and spans are collected only if
+that gateway writes them to RUN_DIR/spans (``--spans-dir``); parts flushed after the merge are still
+read by the report.
+
+Every child runs in its own process group; on any exit path (error, Ctrl-C, SIGTERM) the groups
+are terminated, so no orphans are left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from analysis.rundir import (  # noqa: E402
+    RunDir, read_json, read_locust_stats_csv, read_requests, read_steps, table_from_rows,
+    write_config, write_json_atomic, write_parquet_atomic, merge_span_parts,
+)
+from loadtest.schedule import StepSchedule  # noqa: E402  (not shapes: that imports Locust)
+
+LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
+VERSION_PACKAGES = ("overhead", "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn",
+                    "onnxruntime", "opencv-python-headless", "simplejpeg", "pillow", "numpy",
+                    "pandas", "pyarrow", "redis", "kafka-python", "tritonclient", "psutil")
+
+
+class SweepError(RuntimeError):
+    """A failure with a message meant for the user (printed without a traceback)."""
+
+
+# --- child processes --------------------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join("    " + ln for ln in text[-lines:])
+
+
+@dataclass
+class Child:
+    """A subprocess in its own process group, logging to a file."""
+    name: str
+    cmd: list[str]
+    log: Path
+    env: dict | None = None
+    proc: subprocess.Popen | None = None
+    stopped_by: str | None = None
+    _logf: object = None
+
+    def start(self) -> "Child":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._logf = open(self.log, "ab")
+        self._logf.write(f"$ {shlex.join(self.cmd)}\n".encode())
+        self._logf.flush()
+        self.proc = subprocess.Popen(self.cmd, stdout=self._logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(REPO), env=self.env,
+                                     start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM the process itself (it flushes what it holds), wait, then SIGKILL its whole
+        process group; also SIGKILL any group member it left behind. Sets ``stopped_by``:
+        "exited" (before we asked), "SIGTERM" (within the timeout) or "SIGKILL"."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            self.stopped_by = "exited"
+        else:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+                self.stopped_by = "SIGTERM"
+            except subprocess.TimeoutExpired:
+                self.stopped_by = "SIGKILL"
+                print(f"sweep: {self.name} (pid {self.pid}) did not stop within {timeout:.0f} s "
+                      f"after SIGTERM; killing its process group", file=sys.stderr)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers (or the leader itself)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._logf:
+            self._logf.close()
+            self._logf = None
+        return self.proc.returncode
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user+system) of a process, its reaped children and its live descendants."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        t = p.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for c in p.children(recursive=True):
+            try:
+                ct = c.cpu_times()
+                total += ct.user + ct.system
+            except psutil.Error:
+                pass
+        return total
+    except psutil.Error:
+        return None
+
+
+def http_get_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def wait_ready(url: str, child: Child | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if child is not None and not child.alive():
+            raise SweepError(f"the gateway exited (code {child.proc.returncode}) before it was ready; "
+                             f"last lines of {child.log}:\n{log_tail(child.log)}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.2)
+    tail = f"; last lines of {child.log}:\n{log_tail(child.log)}" if child else ""
+    raise SweepError(f"{url}/healthz not ready after {timeout:.0f} s (last error: {last}){tail}")
+
+
+# --- what ran ---------------------------------------------------------------------------------
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def machine() -> dict:
+    import psutil
+
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu_model=model or platform.processor() or platform.machine(), cores=os.cpu_count(),
+                mem_gib=round(psutil.virtual_memory().total / 2**30, 1),
+                platform=platform.platform(), hostname=platform.node())
+
+
+def git_info() -> dict:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"rev": rev or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"rev": None}
+
+
+# --- corpus -----------------------------------------------------------------------------------
+
+def corpus_manifest(run: RunDir, sizes: list[str], manifest: str | None) -> list[dict]:
+    """Write RUN_DIR/corpus.json (name, size_class, path, width, height, nbytes) for the locustfile."""
+    if manifest:
+        entries = json.loads(Path(manifest).read_text())
+        if isinstance(entries, dict):
+            entries = entries.get("images", [])
+        base = Path(manifest).resolve().parent
+        for e in entries:
+            p = Path(e["path"])
+            e["path"] = str(p if p.is_absolute() else base / p)
+            e.setdefault("nbytes", Path(e["path"]).stat().st_size)
+    else:
+        from pipelines.corpus import SIZE_CLASSES, build_corpus  # this process may import cv2
+
+        unknown = set(sizes) - set(SIZE_CLASSES)
+        if unknown:
+            raise SweepError(f"unknown size class {sorted(unknown)}; choose from {SIZE_CLASSES}")
+        entries = [dict(name=i.name, size_class=i.size_class, path=str(Path(i.path).resolve()),
+                        width=int(i.width), height=int(i.height), nbytes=int(i.nbytes))
+                   for i in build_corpus(sizes=tuple(sizes) or SIZE_CLASSES)]
+    if sizes:
+        entries = [e for e in entries if e["size_class"] in sizes]
+        missing = set(sizes) - {e["size_class"] for e in entries}
+        if missing:
+            raise SweepError(f"the corpus has no images of size class {sorted(missing)}")
+    if not entries:
+        raise SweepError("the corpus is empty")
+    write_json_atomic(entries, run.corpus)
+    return entries
+
+
+def corpus_summary(entries: list[dict]) -> dict:
+    by_size: dict = {}
+    for e in entries:
+        d = by_size.setdefault(e["size_class"], {"count": 0, "bytes": 0, "pixels": 0})
+        d["count"] += 1
+        d["bytes"] += int(e.get("nbytes") or 0)
+        d["pixels"] += int(e.get("width") or 0) * int(e.get("height") or 0)
+    return {"images": len(entries), "by_size": {
+        s: {"count": d["count"], "mean_bytes": d["bytes"] / d["count"],
+            "mean_megapixels": round(d["pixels"] / d["count"] / 1e6, 3)} for s, d in by_size.items()}}
+
+
+# --- CPU per step -----------------------------------------------------------------------------
+
+def _interp(samples: list[tuple], t_ns: int, col: int) -> float | None:
+    pts = [(s[0], s[col]) for s in samples if s[col] is not None]
+    if not pts:
+        return None
+    if t_ns <= pts[0][0]:
+        return pts[0][1]
+    for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
+        if t0 <= t_ns <= t1:
+            return v0 + (v1 - v0) * (t_ns - t0) / max(t1 - t0, 1)
+    return pts[-1][1]
+
+
+def cpu_per_step(samples: list[tuple], steps: list[dict]) -> list[dict]:
+    """Cores used by Locust and by the gateway over each step's measured window.
+    ``samples`` are ``(time_ns, locust_cpu_s, gateway_cpu_s)``."""
+    out = []
+    for s in steps:
+        a, b = s["measure_start_ns"], s["end_ns"]
+        wall = max(b - a, 1) / 1e9
+        row = dict(step=int(s["step"]), users=int(s["users"]), window_s=round(wall, 3))
+        for col, name in ((1, "locust_cores"), (2, "gateway_cores")):
+            va, vb = _interp(samples, a, col), _interp(samples, b, col)
+            row[name] = None if va is None or vb is None else round((vb - va) / wall, 4)
+        out.append(row)
+    return out
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+class Progress:
+    """A rich progress bar on a terminal, plain lines otherwise (every step change and 10 s)."""
+
+    def __init__(self, total_s: float, n_steps: int):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.total_s, self.n_steps = total_s, n_steps
+        self.bar = None
+        self._last_line = 0.0
+        self._last_step = None
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                    TextColumn("/ {task.total:.0f} s"), console=self.console)
+            self.task = self.bar.add_task("starting Locust", total=total_s)
+            self.bar.start()
+
+    def update(self, state: dict, elapsed_s: float) -> None:
+        step, users = state.get("step"), state.get("users", 0)
+        counts = f"{state.get('requests', 0)} requests · {state.get('failures', 0)} failed"
+        if state.get("finished"):
+            desc = f"finishing · {counts}"
+        elif step is None:
+            desc = "starting Locust"
+        else:
+            desc = f"step {step + 1}/{self.n_steps} · {users} user{'' if users == 1 else 's'} · {counts}"
+        if self.bar is not None:
+            self.bar.update(self.task, description=desc, completed=min(elapsed_s, self.total_s))
+        elif step != self._last_step or time.monotonic() - self._last_line >= 10:
+            self.console.print(f"[{elapsed_s:5.0f}/{self.total_s:.0f} s] {desc}", highlight=False)
+            self._last_line = time.monotonic()
+        self._last_step = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# --- the sweep --------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None):
+    ap = argparse.ArgumentParser(prog="python -m loadtest.sweep", description=__doc__.split("\n\n")[0],
+                                 allow_abbrev=False,  # never swallow a gateway option by its prefix
+                                 epilog="Unknown options are passed to the gateway.")
+    ap.add_argument("--out", required=True, help="run directory to create")
+    ap.add_argument("--users", default="1,2,4,8",
+                    help='concurrency steps, "1,2,4,8" or per-step seconds "1:20,2:30"')
+    ap.add_argument("--step-seconds", type=float, default=20.0)
+    ap.add_argument("--warmup-seconds", type=float, default=5.0,
+                    help="first seconds of each step excluded from measurement")
+    ap.add_argument("--sizes", default="", help="size classes to send, e.g. 0.1MP,1MP,8MP (default all)")
+    ap.add_argument("--host", default=None, help="use a running gateway at this URL instead of starting one")
+    ap.add_argument("--gateway-arg", action="append", default=[],
+                    help="argument for the gateway (repeatable), e.g. --gateway-arg=--k=4")
+    ap.add_argument("--gateway-command", default=f"{shlex.quote(sys.executable)} -m pipelines.gateway",
+                    help="how to start the gateway (default: this Python, -m pipelines.gateway)")
+    ap.add_argument("--manifest", default=None,
+                    help="use this corpus manifest JSON instead of building the corpus")
+    ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
+    ap.add_argument("--stop-timeout", type=float, default=30.0,
+                    help="seconds to wait after SIGTERM before SIGKILL")
+    ap.add_argument("--sample-interval", type=float, default=0.5, help="CPU sampling period (s)")
+    ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
+    ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
+    args, extra = ap.parse_known_args(argv)
+    if extra and args.host:
+        ap.error(f"unknown options {extra} (options are passed to the gateway only without --host)")
+    args.gateway_args = [*extra, *args.gateway_arg]
+    return args
+
+
+@dataclass
+class Sweep:
+    args: argparse.Namespace
+    argv: list[str]
+    run: RunDir = None
+    schedule: StepSchedule = None
+    gateway: Child | None = None
+    locust: Child | None = None
+    samples: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        a = self.args
+        self.run = RunDir(a.out)
+        try:
+            self.schedule = StepSchedule.parse(a.users, a.step_seconds, a.warmup_seconds)
+        except ValueError as exc:
+            raise SweepError(f"bad --users/--step-seconds/--warmup-seconds: {exc}") from None
+        self.sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
+
+    # each phase is a method, in order of execution
+    def prepare(self) -> None:
+        if self.run.requests.exists() and not self.args.overwrite:
+            raise SweepError(f"{self.run.path} already holds a run (requests.parquet); "
+                             f"choose another --out or pass --overwrite")
+        self.run.create()
+        for stale in (self.run.requests, self.run.steps, self.run.spans, self.run.locust_final):
+            stale.unlink(missing_ok=True)
+        self.config = {
+            "run": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
+                    "command": [sys.executable, "-m", "loadtest.sweep", *self.argv], "cwd": os.getcwd()},
+            "load": {"tool": "locust", "user_class": "FastHttpUser", "closed_loop": True,
+                     "schedule": [{"users": u, "seconds": s} for u, s in self.schedule.steps],
+                     "warmup_seconds": self.schedule.warmup_seconds, "sizes": self.sizes},
+            "machine": machine(), "versions": versions(), "git": git_info(),
+        }
+        write_config(self.run.path, self.config)
+
+    def build_corpus(self) -> None:
+        entries = corpus_manifest(self.run, self.sizes, self.args.manifest)
+        self.config["corpus"] = corpus_summary(entries)
+        if not self.sizes:
+            self.config["load"]["sizes"] = sorted({e["size_class"] for e in entries})
+
+    def start_gateway(self) -> str:
+        a = self.args
+        if a.host:
+            host = a.host.rstrip("/")
+            wait_ready(host, None, a.startup_timeout)
+        else:
+            port = free_port()
+            host = f"http://127.0.0.1:{port}"
+            cmd = [*shlex.split(a.gateway_command), "--host", "127.0.0.1", "--port", str(port),
+                   "--spans-dir", str(self.run.spans_parts.resolve()), *a.gateway_args]
+            self.gateway = Child("gateway", cmd, self.run.logs / "gateway.log").start()
+            self.config["gateway_command"] = cmd
+            self.config["gateway_process"] = {"pid": self.gateway.pid}
+            print(f"sweep: starting the gateway (pid {self.gateway.pid}, log {self.gateway.log}) ...",
+                  file=sys.stderr)
+            wait_ready(host, self.gateway, a.startup_timeout)
+        try:
+            self.config["gateway"] = http_get_json(host + "/v1/config")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.config["gateway"] = {"error": f"GET /v1/config failed: {exc}"}
+        self.config["run"].update(host=host, managed_gateway=self.gateway is not None)
+        write_config(self.run.path, self.config)
+        return host
+
+    def run_locust(self, host: str) -> None:
+        s = self.schedule
+        spec = ",".join(f"{u}:{sec:g}" for u, sec in s.steps)
+        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
+               "--csv", str(self.run.locust_csv_prefix.resolve()), "--csv-full-history",
+               "--only-summary", "--loglevel", "INFO",
+               "--overhead-run-dir", str(self.run.path.resolve()),
+               "--overhead-manifest", str(self.run.corpus.resolve()),
+               "--overhead-sizes", ",".join(self.sizes),
+               "--overhead-steps", spec, "--overhead-step-seconds", f"{s.steps[0][1]:g}",
+               "--overhead-warmup-seconds", f"{s.warmup_seconds:g}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
+        self.locust = Child("locust", cmd, self.run.logs / "locust.log", env=env).start()
+        self.config["locust_command"] = cmd
+        self.config["locust"] = {"pid": self.locust.pid}
+        progress = Progress(s.total_seconds, len(s.steps))
+        t0 = time.monotonic()
+        deadline = t0 + s.total_seconds + 120
+        try:
+            while self.locust.alive():
+                now = time.time_ns()
+                lc = cpu_seconds(self.locust.pid)
+                gc = cpu_seconds(self.gateway.pid) if self.gateway else None
+                self.samples.append((now, lc, gc))
+                state = read_json(self.run.locust_progress, {}) or {}
+                progress.update(state, time.monotonic() - t0)
+                if self.gateway is not None and not self.gateway.alive():
+                    raise SweepError(f"the gateway died during the sweep (code "
+                                     f"{self.gateway.proc.returncode}); last lines of "
+                                     f"{self.gateway.log}:\n{log_tail(self.gateway.log)}")
+                if time.monotonic() > deadline:
+                    raise SweepError(f"Locust did not finish within {s.total_seconds + 120:.0f} s; "
+                                     f"see {self.locust.log}")
+                time.sleep(self.args.sample_interval)
+        finally:
+            progress.close()
+        code = self.locust.stop(15)
+        self.config["locust"]["exit_code"] = code
+        # Locust exits 1 when some requests failed: that is a result, not a crash.
+        if code not in (0, 1) or not self.run.requests.exists():
+            raise SweepError(f"Locust failed (exit code {code}); last lines of {self.locust.log}:\n"
+                             f"{log_tail(self.locust.log)}")
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            code = self.gateway.stop(self.args.stop_timeout)
+            # uvicorn re-raises SIGTERM after a graceful shutdown: exit code -15 is normal here
+            self.config.setdefault("gateway_process", {}).update(exit_code=code,
+                                                                 stopped_by=self.gateway.stopped_by)
+
+    def finish(self, status: str = "complete") -> None:
+        n_spans = merge_span_parts(self.run.path)
+        steps = read_steps(self.run.path).to_dict("records")
+        n_req = len(read_requests(self.run.path))
+        if self.samples:
+            write_parquet_atomic(table_from_rows(
+                [(t, lc, gc) for t, lc, gc in self.samples],
+                (("time_ns", "int64"), ("locust_cpu_s", "float64"), ("gateway_cpu_s", "float64"))),
+                self.run.cpu)
+        cpu = cpu_per_step(self.samples, steps)
+        self.config["steps"] = [{k: int(v) for k, v in s.items()} for s in steps]
+        self.config["load_generator_cpu"] = cpu
+        self.config.setdefault("locust", {}).update(final=read_json(self.run.locust_final),
+                                                    stats_csv_aggregated=read_locust_stats_csv(self.run.path))
+        self.config["counts"] = {"requests": n_req, "spans": n_spans}
+        self.config["run"].update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_config(self.run.path, self.config)
+        for c in cpu:
+            if (c.get("locust_cores") or 0) > 0.8:
+                print(f"sweep: WARNING: Locust used {c['locust_cores']:.2f} cores at {c['users']} users: "
+                      f"the load generator may be the bottleneck", file=sys.stderr)
+
+    def cleanup(self, status: str) -> None:
+        """Stop whatever still runs (a second Ctrl-C must not leave orphans, so signals are ignored
+        meanwhile); keep what an interrupted or failed run recorded, marked with its status."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for child, timeout in ((self.locust, 15), (self.gateway, self.args.stop_timeout)):
+            if child is not None and child.proc is not None and child.proc.returncode is None:
+                child.stop(timeout)
+        if not self.run.config.exists() or status == "complete":
+            return
+        try:
+            if self.run.requests.exists():
+                self.finish(status)
+                print(f"sweep: the partial run is kept in {self.run.path} (status {status}); "
+                      f"python analysis/breakdown.py {self.run.path} reports on it", file=sys.stderr)
+            else:
+                self.config.setdefault("run", {})["status"] = status
+                write_config(self.run.path, self.config)
+        except Exception as exc:  # salvage is best effort; the original error matters more
+            print(f"sweep: could not finalise the partial run: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    # SIGTERM/SIGHUP like Ctrl-C; SIGINT explicitly too (it is ignored in background jobs)
+    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        sweep = Sweep(args, argv)
+    except SweepError as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 2
+    status = "failed"
+    try:
+        sweep.prepare()
+        sweep.build_corpus()
+        host = sweep.start_gateway()
+        print(f"sweep: {host} ready; Locust: {sweep.schedule.users} users, "
+              f"{sweep.schedule.total_seconds:.0f} s, logs in {sweep.run.logs}", file=sys.stderr)
+        sweep.run_locust(host)
+        sweep.stop_gateway()
+        sweep.finish()
+        status = "complete"
+    except SweepError as exc:
+        print(f"sweep: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print("\nsweep: interrupted; stopping Locust and the gateway", file=sys.stderr)
+        return 130
+    finally:
+        sweep.cleanup(status)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if args.no_report:
+        print(f"run directory: {sweep.run.path}")
+        return 0
+    from analysis.breakdown import report
+
+    try:
+        rep = report(sweep.run.path)
+    except Exception as exc:  # the run is on disk: say so, and how to retry the report
+        print(f"sweep: the breakdown report failed ({type(exc).__name__}: {exc}); the run is in "
+              f"{sweep.run.path}, retry with: python analysis/breakdown.py {sweep.run.path}",
+              file=sys.stderr)
+        return 1
+    print(f"run directory: {sweep.run.path}\nreport: {rep.files['md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
