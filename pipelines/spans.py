@@ -11,6 +11,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -29,14 +30,16 @@ SpanTuple = tuple  # (str, str, str, int, int, str|None)
 
 
 class SpanRecorder:
-    """Collects spans in memory. Thread-safe: ``list.append`` is atomic under the GIL.
+    """Collects spans in memory. Thread-safe without a lock: ``deque.append``/``popleft`` are
+    atomic. (Swapping a list out in ``drain`` lost spans: a recording thread may hold the old list
+    across a GIL switch, e.g. while ``json.dumps`` builds the attrs, and append after the flush.)
 
     ``enabled=False`` makes ``record`` a no-op, for the span-overhead benchmark.
     """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._buf: list[SpanTuple] = []
+        self._buf: deque[SpanTuple] = deque()
 
     def record(self, request_id: str, stage: str, component: str, start_ns: int, end_ns: int,
                attrs: dict | None = None) -> None:
@@ -49,9 +52,10 @@ class SpanRecorder:
             self._buf.extend(spans)
 
     def drain(self) -> list[SpanTuple]:
-        """Take everything recorded so far (swap, so appends racing with us are not lost)."""
-        buf, self._buf = self._buf, []
-        return buf
+        """Take everything recorded so far; spans appended meanwhile stay for the next drain."""
+        buf = self._buf
+        pop = buf.popleft
+        return [pop() for _ in range(len(buf))]
 
     def __len__(self) -> int:
         return len(self._buf)

@@ -1,0 +1,92 @@
+"""Inference backends behind one small interface and a factory (perf_analyzer style).
+
+A backend serves one model. ``infer(item)`` takes one preprocessed item (no batch dim) and
+returns an ``InferResult`` (this item's output rows, enqueue/start/end ns, batch size);
+``infer_batch(batch)`` runs a formed batch. Callers record ``queue`` (enqueue -> start) and
+``inference`` (start -> end, ``{"batch": n}``) spans from it.
+
+Only ``embedded`` (ONNX Runtime in-process) exists now; Triton and TF Serving clients register
+here with the same interface (``register_backend``).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import numpy as np
+
+from pipelines.inference.embedded import BatcherClosed, InferResult, MicroBatcher, OrtSession
+
+
+class InferenceBackend(ABC):
+    kind: str = "backend"
+    model_name: str = ""
+    input_hw: tuple[int, int] = (0, 0)
+
+    @abstractmethod
+    def infer(self, x: np.ndarray) -> InferResult:
+        """One item (shaped like the model input without the batch dim); blocking."""
+
+    @abstractmethod
+    def infer_batch(self, batch: np.ndarray) -> InferResult:
+        """A formed batch ``[n, ...]``; outputs keep the batch dim."""
+
+    def describe(self) -> dict:
+        return {"backend": self.kind, "model": self.model_name}
+
+    def close(self) -> None:
+        pass
+
+
+class EmbeddedBackend(InferenceBackend):
+    """ONNX Runtime in this process: ``OrtSession`` + ``MicroBatcher``."""
+
+    kind = "embedded"
+
+    def __init__(self, model_info, intra_op_threads: int = 1, inter_op_threads: int = 1,
+                 max_batch: int = 1, max_delay_ms: float = 0.0):
+        self.model_name = getattr(model_info, "name", "")
+        self.input_hw = tuple(model_info.input_hw)
+        self.session = OrtSession(model_info.onnx_path, intra_op_threads, inter_op_threads)
+        self.batcher = MicroBatcher(self.session, max_batch=max_batch, max_delay_ms=max_delay_ms)
+
+    def infer(self, x: np.ndarray) -> InferResult:
+        return self.batcher.infer(x)
+
+    def infer_batch(self, batch: np.ndarray) -> InferResult:
+        return self.batcher.infer_batch(batch)
+
+    def describe(self) -> dict:
+        s = self.session
+        return {"backend": self.kind, "model": self.model_name, "onnx_path": s.onnx_path,
+                "input": s.input_name, "input_shape": [d for d in s.input_shape],
+                "outputs": s.output_names, "intra_op_threads": s.intra_op_threads,
+                "inter_op_threads": s.inter_op_threads, "max_batch": self.batcher.max_batch,
+                "max_delay_ms": self.batcher.max_delay_ns / 1e6}
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+_BACKENDS: dict[str, Callable[..., InferenceBackend]] = {"embedded": EmbeddedBackend}
+
+
+def register_backend(kind: str, factory: Callable[..., InferenceBackend]) -> None:
+    _BACKENDS[kind] = factory
+
+
+def backend_kinds() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def make_backend(kind: str, model_info, **opts) -> InferenceBackend:
+    """``make_backend("embedded", info, intra_op_threads=1, max_batch=1, max_delay_ms=0)``."""
+    try:
+        factory = _BACKENDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown inference backend {kind!r}; available: {backend_kinds()}") from None
+    return factory(model_info, **opts)
+
+
+__all__ = ["BatcherClosed", "EmbeddedBackend", "InferResult", "InferenceBackend", "MicroBatcher",
+           "OrtSession", "backend_kinds", "make_backend", "register_backend"]

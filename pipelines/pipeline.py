@@ -1,0 +1,297 @@
+"""The two-stage pipeline: detect on the request thread, classify the crops through the broker.
+
+``TwoStagePipeline.process(request_id, data, probe)`` runs on a gateway pool thread:
+
+  detect/decode -> detect/resize -> detect/normalize -> detect/queue -> detect/inference
+  -> detect/postprocess (threshold, NMS, top-k, crops) -> detect/serialize (per crop)
+  -> publish k crops to ``crops`` -> wait for k ``results`` (joined by request id)
+
+Worker threads (``pipelines.worker.ClassifierWorker``) consume the crops; a results listener
+thread fills the per-request waiters and records the spans the workers put in the result headers
+(plus a ``classify/broker`` span for the result's own trip, attrs ``{"crop": i, "leg": "results"}``).
+Duplicate results for the same (request, crop) are ignored; results for requests that are no
+longer waited for (timed out) are counted and dropped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from brokers.base import Broker, BrokerUnavailable
+from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from pipelines.inference import make_backend
+from pipelines.postprocess import postprocess
+from pipelines.spans import ComponentTimes, SpanRecorder
+from pipelines.worker import CROPS_TOPIC, RESULTS_TOPIC, ClassifierWorker
+
+now_ns = time.time_ns
+log = logging.getLogger(__name__)
+
+
+class ResultTimeout(TimeoutError):
+    """Not every crop of a request was classified in time (the gateway answers 504)."""
+
+    def __init__(self, request_id: str, missing: list[int], k: int, timeout_s: float):
+        self.request_id, self.missing, self.k, self.timeout_s = request_id, missing, k, timeout_s
+        super().__init__(f"no classification for crop(s) {missing} of {k} within {timeout_s:g} s "
+                         f"(request {request_id}): the classifier workers are stopped or overloaded")
+
+
+class ClassifierFailed(RuntimeError):
+    """A worker reported an error for one of the request's crops (the gateway answers 502)."""
+
+
+class _Waiter:
+    __slots__ = ("k", "results", "event", "lock")
+
+    def __init__(self, k: int):
+        self.k = k
+        self.results: dict[int, tuple[Message, int]] = {}    # crop -> (result, deliver_ns)
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+
+
+def _union_ns(intervals: list[tuple[int, int]]) -> int:
+    """Total length covered by the intervals (overlaps counted once)."""
+    total, cur_s, cur_e = 0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+class TwoStagePipeline:
+    def __init__(self, detector_info, classifier_info, preprocessor, broker: Broker,
+                 recorder: SpanRecorder | None = None, k: int = 4, score_threshold: float = 0.3,
+                 iou_threshold: float = 0.5, intra_op_threads: int = 1, max_batch: int = 1,
+                 max_delay_ms: float = 0.0, workers: int = 1, result_timeout_s: float = 30.0,
+                 worker_batch: int | None = None, backend: str = "embedded",
+                 publish_timeout_s: float = 1.0, warmup: bool = True):
+        self.detector_info = detector_info
+        self.classifier_info = classifier_info
+        self.pre = preprocessor
+        self.broker = broker
+        self.recorder = recorder if recorder is not None else SpanRecorder(enabled=False)
+        self.k = int(k)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.intra_op_threads = int(intra_op_threads)
+        self.max_batch = int(max_batch)
+        self.max_delay_ms = float(max_delay_ms)
+        self.n_workers = int(workers)
+        self.worker_batch = int(worker_batch if worker_batch is not None else max_batch)
+        self.result_timeout_s = float(result_timeout_s)
+        self.backend_kind = backend
+        self.publish_timeout_s = publish_timeout_s
+        self.warmup = warmup
+        self.det_hw = tuple(detector_info.input_hw)
+        self.det_norm = detector_info.normalization
+        outs = list(detector_info.output_names)
+        self.boxes_name = "boxes" if "boxes" in outs else outs[0]
+        self.scores_name = "scores" if "scores" in outs else outs[1]
+        self.detector = None
+        self.workers: list[ClassifierWorker] = []
+        self._classifier_backends = []
+        self._waiters: dict[str, _Waiter] = {}
+        self._results_group = f"gateway-{uuid.uuid4().hex[:12]}"
+        self._stop = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._listening = threading.Event()
+        # counters
+        self.late_results = 0
+        self.duplicate_results = 0
+        self.malformed_results = 0
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "TwoStagePipeline":
+        self.detector = make_backend(self.backend_kind, self.detector_info,
+                                     intra_op_threads=self.intra_op_threads,
+                                     max_batch=self.max_batch, max_delay_ms=self.max_delay_ms)
+        if self.warmup:
+            self.detector.infer_batch(np.zeros((1, *self.det_hw, 3), np.float32))
+        for i in range(self.n_workers):
+            self.add_worker(name=f"classifier-{os.getpid()}-{i}")
+        # the listener's first consume creates its group: wait for it, so that no result of a
+        # request is published before the group exists (brokers that start new groups at the end)
+        self._listener = threading.Thread(target=self._listen, name="results-listener", daemon=True)
+        self._listener.start()
+        if not self._listening.wait(30):
+            raise BrokerUnavailable("the results listener could not subscribe within 30 s")
+        self.started = True
+        return self
+
+    def add_worker(self, name: str) -> ClassifierWorker:
+        backend = make_backend(self.backend_kind, self.classifier_info,
+                               intra_op_threads=self.intra_op_threads, max_batch=1)
+        if self.warmup:
+            backend.infer_batch(np.zeros((1, *self.classifier_info.input_hw, 3), np.float32))
+        self._classifier_backends.append(backend)
+        w = ClassifierWorker(self.broker, backend, self.pre, self.classifier_info,
+                             batch=self.worker_batch, max_delay_ms=self.max_delay_ms,
+                             name=name).start()
+        self.workers.append(w)
+        return w
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.stop_workers()
+        if self._listener is not None:
+            self._listener.join(5)
+        if self.detector is not None:
+            self.detector.close()
+        for b in self._classifier_backends:
+            b.close()
+        self.started = False
+
+    # -- results listener --------------------------------------------------------------------
+    def _listen(self) -> None:
+        rec = self.recorder
+        while not self._stop.is_set():
+            try:
+                got = self.broker.consume(RESULTS_TOPIC, self._results_group, "listener",
+                                          max_messages=64, timeout_s=0.1)
+                self._listening.set()
+            except BrokerUnavailable:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.2)
+                continue
+            for d in got:
+                try:
+                    msg = decode_message(d.payload)
+                except MalformedMessage as exc:
+                    self.malformed_results += 1
+                    log.warning("malformed result message dropped: %s", exc)
+                    continue
+                w = self._waiters.get(msg.request_id)
+                if w is None:
+                    self.late_results += 1
+                    continue
+                with w.lock:
+                    if msg.index in w.results or not 0 <= msg.index < w.k:
+                        self.duplicate_results += 1
+                        continue
+                    w.results[msg.index] = (msg, d.deliver_ns)
+                    complete = len(w.results) == w.k
+                if rec.enabled:
+                    rid = msg.request_id
+                    for s in msg.extra.get("spans") or ():
+                        rec.record(rid, s[0], s[1], int(s[2]), int(s[3]), s[4] if len(s) > 4 else None)
+                    rec.record(rid, "classify", "broker", msg.produce_ns, d.deliver_ns,
+                               {"crop": msg.index, "leg": "results"})
+                if complete:
+                    w.event.set()
+            if got:
+                self.broker.ack(RESULTS_TOPIC, self._results_group, got)
+
+    # -- one request -------------------------------------------------------------------------
+    def process(self, request_id: str, data: bytes, probe=None) -> dict:
+        """Detect, publish crops, wait for their classes. Blocking (run it on a pool thread).
+
+        Returns ``{"request_id", "width", "height", "k", "detections": [...], "timing":
+        ComponentTimes}``; raises ``ImageRejected`` (bad image), ``BrokerError`` (publish),
+        ``ResultTimeout`` or ``ClassifierFailed``."""
+        if not self.started:
+            raise RuntimeError("pipeline not started")
+        rid = request_id
+        ct = ComponentTimes.new()
+        record = self.recorder.record
+
+        def span(component, s, e, attrs=None):
+            record(rid, "detect", component, s, e, attrs)
+            ct.add("detect", component, e - s)
+
+        t0 = now_ns()
+        img, info = self.pre.decode(data, self.det_hw)
+        t1 = now_ns()
+        span("decode", t0, t1, {"reduced": info.get("reduced", 1)})
+        x = self.pre.resize(img, self.det_hw)
+        t2 = now_ns()
+        span("resize", t1, t2)
+        x = self.pre.normalize(x, self.det_norm)
+        t3 = now_ns()
+        span("normalize", t2, t3)
+        r = self.detector.infer(x)
+        span("queue", r.enqueue_ns, r.start_ns)
+        span("inference", r.start_ns, r.end_ns, {"batch": r.batch_size})
+        t4 = now_ns()
+        src_hw = tuple(info.get("src_hw") or (probe.height, probe.width))
+        pp = postprocess(r.outputs[self.boxes_name], r.outputs[self.scores_name], img, src_hw,
+                         self.score_threshold, self.iou_threshold, self.k)
+        del img
+        t5 = now_ns()
+        span("postprocess", t4, t5, {"boxes": len(pp)})
+        m = len(pp)
+
+        waiter = None
+        if m:
+            waiter = self._waiters[rid] = _Waiter(m)
+        try:
+            for i, crop in enumerate(pp.crops):
+                s0 = now_ns()
+                payload = crop.tobytes()
+                produce = now_ns()
+                wire = encode_message(Message(request_id=rid, kind="crop", index=i, k=m,
+                                              shape=crop.shape, dtype="uint8", produce_ns=produce,
+                                              payload=payload))
+                s1 = now_ns()
+                span("serialize", s0, s1, {"crop": i})
+                self.broker.publish(CROPS_TOPIC, wire, key=rid, timeout_s=self.publish_timeout_s)
+            if waiter is not None and not waiter.event.wait(self.result_timeout_s):
+                with waiter.lock:
+                    missing = [i for i in range(m) if i not in waiter.results]
+                if missing:
+                    raise ResultTimeout(rid, missing, m, self.result_timeout_s)
+        finally:
+            if waiter is not None:
+                self._waiters.pop(rid, None)
+
+        detections = []
+        classify_spans: dict[str, list] = {}
+        for i in range(m):
+            msg, deliver = waiter.results[i]
+            ex = msg.extra
+            if "error" in ex:
+                raise ClassifierFailed(f"crop {i} of request {rid}: {ex['error']}")
+            for s in ex.get("spans") or ():
+                classify_spans.setdefault(s[1], []).append((int(s[2]), int(s[3])))
+            classify_spans.setdefault("broker", []).append((msg.produce_ns, deliver))
+            detections.append({"box": [int(v) for v in pp.boxes_px[i]],
+                               "score": round(float(pp.scores[i]), 6),
+                               "label": ex.get("label"), "class_id": ex.get("class_id"),
+                               "label_score": round(float(ex.get("score", float("nan"))), 6)})
+        for comp, ivs in classify_spans.items():   # wall time covered, crops overlap
+            ct.add("classify", comp, _union_ns(ivs))
+        return {"request_id": rid, "width": int(src_hw[1]), "height": int(src_hw[0]), "k": m,
+                "detections": detections, "timing": ct}
+
+    def describe(self) -> dict:
+        return {"k": self.k, "score_threshold": self.score_threshold,
+                "iou_threshold": self.iou_threshold, "max_batch": self.max_batch,
+                "max_delay_ms": self.max_delay_ms, "worker_batch": self.worker_batch,
+                "workers": self.n_workers, "result_timeout_s": self.result_timeout_s,
+                "detector": self.detector.describe() if self.detector else None,
+                "classifier": (self._classifier_backends[0].describe()
+                               if self._classifier_backends else None)}
+
+    def stats(self) -> dict:
+        return {"in_flight": len(self._waiters), "late_results": self.late_results,
+                "duplicate_results": self.duplicate_results,
+                "malformed_results": self.malformed_results,
+                "workers": [w.stats() for w in self.workers]}
