@@ -23,6 +23,13 @@ class BrokerUnavailable(BrokerError):
     """The broker server cannot be reached (HTTP 503, retry later)."""
 
 
+MAX_REASON_CHARS = 1000
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
 @dataclass(slots=True)
 class Delivery:
     topic: str
@@ -49,6 +56,13 @@ class Broker(ABC):
     @abstractmethod
     def ack(self, topic: str, group: str, deliveries: list[Delivery]) -> None:
         """Mark deliveries processed; they will not be delivered to this group again."""
+
+    def dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+        """Park a message that cannot be processed in ``dead_letter_topic(topic)``
+        (``<topic>.dlq``): the payload unchanged, the reason as the message key, so consuming the
+        DLQ yields ``Delivery(payload=<original bytes>, key=<reason>)`` on every broker.
+        Implementations may also store the reason in a native field/header and bound the DLQ."""
+        self.publish(dead_letter_topic(topic), payload, key=str(reason)[:MAX_REASON_CHARS])
 
     def depth(self, topic: str) -> int:
         """Messages waiting in ``topic`` (for queue-depth sampling); -1 if unknown."""

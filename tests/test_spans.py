@@ -30,7 +30,7 @@ def test_concurrent_appends_are_not_lost_while_draining(tmp_path):
 
     def work(i):
         for j in range(per_thread):
-            rec.record(f"r{i}-{j}", "detect", "inference", j, j + 1)
+            rec.record(f"r{i}-{j}", "detect", "inference", j, j + 1, {"crop": j})
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
     for th in threads:
