@@ -10,6 +10,15 @@ Closure (docs/architecture.md): each nanosecond of a request's ``[send_ns, recv_
 the spans covering it, split evenly where spans overlap (k crops in flight at once); what no span
 covers is ``other``. So per request the components plus ``other`` equal end-to-end exactly.
 
+Open loop (``--arrivals``/``--rates`` in the sweep): end-to-end runs from each request's intended
+send time (``intended_ns``) to ``recv_ns``; the wait before the real send is a ``client-schedule_lag``
+component, so closure still holds and the lag is shown.
+
+Validity (top of the report): every step judged by ``analysis/stability.py`` (last 3 windows
+within 10% in throughput and p50, enough successful requests), and the load generator checked
+(Locust above 0.8 of a core, or an open-loop schedule lag p99 above 20 ms: "measuring the
+generator").
+
 Writes report.md, report.html (self-contained), breakdown.csv and plots/ into RUN_DIR; prints the
 tables. API for tests and studies: ``load_run``, ``attribute``, ``summarize``, ``write_report``.
 """
@@ -35,6 +44,7 @@ import pandas as pd
 from analysis.rundir import (
     RunDir, read_config, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
 )
+from analysis.stability import StabilityRule, assess, run_validity
 
 COMPONENT_ORDER = ("decode", "resize", "normalize", "serialize", "transfer", "queue",
                    "inference", "postprocess", "broker", "other")
@@ -43,6 +53,8 @@ E2E = "e2e"                # attribute() column for recv_ns - send_ns
 STAGE_UNCOVERED = "uncovered"  # the per-stage table's name for UNCOVERED (by_component adds
                                # spans whose component is "other" to it)
 GENERATOR_CPU_WARN = 0.8   # cores: above this the load generator may be the bottleneck
+SCHEDULE_LAG_WARN_MS = 20.0  # open loop: schedule lag p99 above this = the generator fell behind
+LAG_STAGE, LAG_COMPONENT = "client", "schedule_lag"  # the synthetic span of open-loop lag
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -57,6 +69,12 @@ class Run:
     cpu: pd.DataFrame | None = None
     locust_final: dict | None = None
     locust_stats_csv: dict | None = None
+    stability_live: dict | None = None
+    open_loop: dict | None = None      # locust/openloop.json (or config load) when open loop
+
+    @property
+    def is_open_loop(self) -> bool:
+        return bool(self.open_loop) or bool((self.config.get("load") or {}).get("arrivals"))
 
 
 def load_run(run_dir) -> Run:
@@ -67,7 +85,22 @@ def load_run(run_dir) -> Run:
     cpu = pd.read_parquet(run.cpu) if run.cpu.exists() else None
     return Run(path=run.path, config=read_config(run.path), steps=read_steps(run.path),
                requests=read_requests(run.path), spans=read_spans(run.path), cpu=cpu,
-               locust_final=read_json(run.locust_final), locust_stats_csv=read_locust_stats_csv(run.path))
+               locust_final=read_json(run.locust_final), locust_stats_csv=read_locust_stats_csv(run.path),
+               stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop))
+
+
+def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Requests and spans for an open-loop run: ``send_ns`` becomes the intended send time (so
+    e2e = intended → recv) and a ``client-schedule_lag`` span covers intended → real send."""
+    req = requests_df.copy()
+    real_send = req["send_ns"].astype(np.int64)
+    intended = req["intended_ns"].fillna(real_send).astype(np.int64).clip(upper=real_send)
+    req["send_ns"] = intended
+    lag = req.loc[real_send > intended, ["request_id"]].copy()
+    lag["stage"], lag["component"] = LAG_STAGE, LAG_COMPONENT
+    lag["start_ns"], lag["end_ns"] = intended[real_send > intended], real_send[real_send > intended]
+    lag["attrs"] = None
+    return req, pd.concat([spans_df, lag[list(spans_df.columns)]], ignore_index=True) if len(lag) else spans_df
 
 
 # --- closure: per-request attribution ---------------------------------------------------------
@@ -134,7 +167,7 @@ def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> pd.DataFrame
 
 def _stage_component_sort_key(key: str):
     stage, _, comp = key.partition("-")
-    stages = ("gateway", "detect", "classify")
+    stages = (LAG_STAGE, "gateway", "detect", "classify")
     return (stages.index(stage) if stage in stages else len(stages), stage,
             COMPONENT_ORDER.index(comp) if comp in COMPONENT_ORDER else len(COMPONENT_ORDER), comp)
 
@@ -166,6 +199,7 @@ class Summary:
     steps: pd.DataFrame         # per step, all sizes: throughput, mean e2e, Little's law
     components: list[str] = field(default_factory=list)
     stage_keys: list[str] = field(default_factory=list)
+    load_labels: dict = field(default_factory=dict)   # steps' "users" value -> label (open loop)
 
 
 def size_sort_key(size: str):
@@ -265,7 +299,7 @@ def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFr
 
 # --- findings: "what this says" ------------------------------------------------------------------
 
-def _users(n) -> str:
+def _plain_users(n) -> str:
     return f"{int(n)} user" + ("" if int(n) == 1 else "s")
 
 
@@ -291,7 +325,123 @@ def count_check(run: Run) -> dict:
                 record_errors=int(((run.requests["status"] != 200) | run.requests["error"].notna()).sum()))
 
 
+# --- validity: stable steps, enough requests, a load generator that kept up --------------------
+
+def stability_rule(config: dict) -> StabilityRule:
+    try:
+        return StabilityRule.from_dict((config.get("load") or {}).get("stability"))
+    except (TypeError, ValueError):
+        return StabilityRule()
+
+
+def _step_table(requests_df: pd.DataFrame, steps_df: pd.DataFrame) -> pd.DataFrame:
+    if steps_df is not None and not steps_df.empty:
+        return steps_df.sort_values("step").reset_index(drop=True)
+    req = requests_df
+    return pd.DataFrame([dict(step=0, users=int(req["user"].nunique()) if len(req) else 0,
+                              start_ns=int(req["send_ns"].min()) if len(req) else 0,
+                              measure_start_ns=int(req["send_ns"].min()) if len(req) else 0,
+                              end_ns=int(req["recv_ns"].max()) + 1 if len(req) else 1)])
+
+
+def validity_checks(run: Run, view: pd.DataFrame, summary: Summary) -> list[str]:
+    """Judge every step (``analysis/stability.py``) and the load generator; add the verdicts to
+    ``summary.steps`` (columns ``stable``, ``valid``, ``stability``, and for open loop
+    ``target_rps``, ``lag_p50_ms``, ``lag_p99_ms``, ``slot_waits``); return the report's top lines.
+    ``view``: the requests as attributed (send_ns = intended send time in open loop)."""
+    rule = stability_rule(run.config)
+    steps_df = _step_table(view, run.steps)
+    ok = view[(view["status"] == 200) & view["error"].isna()]
+    recv = ok["recv_ns"].to_numpy(np.int64)
+    lat = (recv - ok["send_ns"].to_numpy(np.int64)) / 1e6
+    verdicts = {}
+    for st in steps_df.itertuples():
+        sel = (recv >= st.measure_start_ns) & (recv < st.end_ns)
+        verdicts[int(st.step)] = assess(list(zip(recv[sel].tolist(), lat[sel].tolist())),
+                                        int(st.measure_start_ns), int(st.end_ns), rule)
+    rv = run_validity(verdicts)
+    sdf = summary.steps
+    if len(sdf):
+        sdf["stable"] = [verdicts[int(x)].stable if int(x) in verdicts else None for x in sdf["step"]]
+        sdf["valid"] = [verdicts[int(x)].valid if int(x) in verdicts else None for x in sdf["step"]]
+        sdf["stability"] = [verdicts[int(x)].reason if int(x) in verdicts else "" for x in sdf["step"]]
+
+    lines = [f"**{rv.headline()}**"]
+    lab = lambda st: summary.load_labels.get(int(users.get(st, 0))) or _plain_users(users.get(st, 0))  # noqa: E731
+    users = dict(zip(steps_df["step"].astype(int), steps_df["users"].astype(int)))
+    live = ((run.stability_live or {}).get("live_verdicts") or {})
+    for st, v in sorted(verdicts.items()):
+        ext = (live.get(str(st)) or {}).get("extended_s") or 0
+        if not v.valid:
+            lines.append(f"Step {st} ({lab(st)}): {v.reason}" +
+                         (f" (extended by {ext:.0f} s)" if ext else "") + ".")
+        elif ext:
+            lines.append(f"Step {st} ({lab(st)}): stable after being extended by {ext:.0f} s.")
+    extend = ((run.config.get("load") or {}).get("stability") or {}).get("extend_up_to_s") \
+        or (run.stability_live or {}).get("extend_up_to_s")
+    lines.append(f"Rule: a step is stable when its last {rule.windows} windows of {rule.window_s:g} s "
+                 f"agree within {100 * rule.tolerance:.0f}% in throughput and in p50 latency; valid "
+                 f"with at least {rule.min_requests} successful requests. Unstable steps were "
+                 + (f"extended up to {extend:g} s." if extend else "not extended (--stability-max-seconds)."))
+
+    problems, fine = [], []
+    cpu = [c for c in generator_cpu(run.config) if c.get("locust_cores") is not None]
+    for c in cpu:
+        if c["locust_cores"] > GENERATOR_CPU_WARN:
+            problems.append(f"Locust used {c['locust_cores']:.2f} cores in step {c.get('step')} "
+                            f"({lab(c.get('step'))}), above {GENERATOR_CPU_WARN:.0%} of a core")
+    if cpu:
+        fine.append(f"Locust ≤ {max(c['locust_cores'] for c in cpu):.2f} cores")
+    if run.is_open_loop:
+        orig = run.requests
+        lag_ms = (orig["send_ns"] - orig["intended_ns"]) / 1e6
+        step_of = assign_steps(orig, steps_df)
+        rates = (run.config.get("load") or {}).get("rates") or (run.open_loop or {}).get("rates") or []
+        ol_steps = (run.open_loop or {}).get("steps") or {}
+        cap = (run.open_loop or {}).get("max_in_flight") or (run.config.get("load") or {}).get("max_in_flight")
+        cols = {"target_rps": [], "lag_p50_ms": [], "lag_p99_ms": [], "slot_waits": []}
+        worst, overloaded = 0.0, []
+        for x in sdf["step"] if len(sdf) else []:
+            lg = lag_ms[step_of == int(x)]
+            p50 = float(lg.quantile(0.5)) if len(lg) else math.nan
+            p99 = float(lg.quantile(0.99)) if len(lg) else math.nan
+            waits = int((ol_steps.get(str(int(x))) or {}).get("slot_waits", 0))
+            cols["target_rps"].append(rates[int(x)] if int(x) < len(rates) else math.nan)
+            cols["lag_p50_ms"].append(p50)
+            cols["lag_p99_ms"].append(p99)
+            cols["slot_waits"].append(waits)
+            if waits:
+                overloaded.append(int(x))
+            elif not math.isnan(p99):
+                worst = max(worst, p99)
+            if not math.isnan(p99) and p99 > SCHEDULE_LAG_WARN_MS:
+                if waits:
+                    lines.append(f"Step {int(x)} ({lab(int(x))}): all {cap} in-flight slots were busy "
+                                 f"{waits} times — the service did not keep up with the offered load; "
+                                 f"schedule lag p99 {p99:.1f} ms includes waiting for a slot "
+                                 f"(overload, not the generator).")
+                else:
+                    problems.append(f"open-loop schedule lag p99 {p99:.1f} ms in step {int(x)} "
+                                    f"({lab(int(x))}), above {SCHEDULE_LAG_WARN_MS:g} ms: Locust fell "
+                                    f"behind its own schedule")
+        for k, v in cols.items():
+            sdf[k] = v
+        fine.append(f"open-loop schedule lag p99 ≤ {worst:.1f} ms" +
+                    (f" outside the overloaded step(s) {', '.join(map(str, overloaded))}" if overloaded else ""))
+    if problems:
+        lines.append("**MEASURING THE GENERATOR**: " + "; ".join(problems) +
+                     ". Latency and throughput here may describe the load generator, not the service.")
+    elif fine:
+        lines.append("Load generator kept up: " + ", ".join(fine) + ".")
+    else:
+        lines.append("Load generator CPU was not recorded: cannot rule out measuring the generator.")
+    return lines
+
+
 def findings(run: Run, summary: Summary) -> list[str]:
+    def _users(n) -> str:  # noqa: F811  (open-loop steps are labelled by their rate)
+        return summary.load_labels.get(int(n)) or _plain_users(n)
+
     out: list[str] = []
     main = summary.main[summary.main["requests"] > 0]
     if main.empty:
@@ -351,7 +501,11 @@ def findings(run: Run, summary: Summary) -> list[str]:
         out.append(msg)
 
     lit = summary.steps.dropna(subset=["littles_n"])
-    if len(lit):
+    if len(lit) and run.is_open_loop:
+        out.append("Open loop: requests in flight on average (Little's law, completions/s × mean "
+                   "latency from the intended send time): " +
+                   "; ".join(f"{_users(r.users)}: {r.littles_n:.2f}" for r in lit.itertuples()) + ".")
+    elif len(lit):
         items = [f"{_users(r.users)}: {r.littles_n:.2f} ({_fmt_pct(r.littles_ratio)})"
                  for r in lit.itertuples()]
         worst = lit.loc[(lit["littles_ratio"] - 1).abs().idxmax()]
@@ -376,7 +530,8 @@ def findings(run: Run, summary: Summary) -> list[str]:
 
     cpu = generator_cpu(run.config)
     if cpu:
-        items = [f"{_users(c['users'])}: {c['locust_cores']:.2f}" for c in cpu
+        items = [f"{summary.load_labels.get(int(c.get('step', -2)) + 1) or _users(c['users'])}: "
+                 f"{c['locust_cores']:.2f}" for c in cpu
                  if c.get("locust_cores") is not None]
         worst = max((c.get("locust_cores") or 0) for c in cpu)
         msg = "Load generator (Locust) CPU, cores: " + "; ".join(items) + "."
@@ -419,8 +574,11 @@ def _what_ran(config: dict, run: Run) -> list[tuple[str, str]]:
         items.append(("target", f"{r.get('host', '')} ({'gateway started by the sweep' if r.get('managed_gateway') else 'external'})"))
     load = config.get("load", {})
     if load:
-        steps = ", ".join(f"{s['users']}u×{s['seconds']:g}s" for s in load.get("schedule", []))
-        items.append(("load", f"{load.get('tool', 'locust')} {load.get('user_class', '')}, closed loop, "
+        steps = ", ".join(f"{s['rate']:g}/s×{s['seconds']:g}s" if "rate" in s else
+                          f"{s['users']}u×{s['seconds']:g}s" for s in load.get("schedule", []))
+        loop = (f"open loop ({load['arrivals']} arrivals, at most {load.get('max_in_flight')} in flight, "
+                f"seed {load.get('seed')})" if load.get("arrivals") else "closed loop")
+        items.append(("load", f"{load.get('tool', 'locust')} {load.get('user_class', '')}, {loop}, "
                               f"steps {steps}, warm-up {load.get('warmup_seconds', 0):g} s per step, "
                               f"sizes {', '.join(load.get('sizes') or []) or 'all'}"))
     gw = config.get("gateway") or {}
@@ -463,8 +621,16 @@ def _main_table(summary: Summary, with_p50: bool) -> tuple[list[str], list[list[
     head = ["users", "size", "requests", "errors", "req/s", "e2e mean", "p50", "p95", "p99"]
     head += [f"{c} ms" for c in summary.components]
     rows = []
+    bad = set()
+    if "valid" in summary.steps.columns:
+        bad = {int(x) for x, v in zip(summary.steps["step"], summary.steps["valid"]) if v is False}
+    if summary.load_labels:
+        head[0] = "load"
     for r in summary.main.to_dict("records"):
-        row = [str(r["users"]), r["size_class"], str(r["requests"]), str(r["errors"]),
+        load = summary.load_labels.get(int(r["users"])) or str(r["users"])
+        if int(r["step"]) in bad:
+            load += " ⚠ not valid"
+        row = [load, r["size_class"], str(r["requests"]), str(r["errors"]),
                f"{r['throughput_rps']:.1f}", _fmt_ms(r["e2e_mean_ms"]), _fmt_ms(r["e2e_p50_ms"]),
                _fmt_ms(r["e2e_p95_ms"]), _fmt_ms(r["e2e_p99_ms"])]
         for c in summary.components:
@@ -480,10 +646,10 @@ def _main_table(summary: Summary, with_p50: bool) -> tuple[list[str], list[list[
 def _stage_table(summary: Summary) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in summary.stage_keys
             if k == STAGE_UNCOVERED or summary.stages[f"{k}_mean_ms"].fillna(0).abs().sum() > 0]
-    head = ["users", "size"] + [f"{k} ms" for k in keys]
+    head = ["load" if summary.load_labels else "users", "size"] + [f"{k} ms" for k in keys]
     rows = []
     for r in summary.stages.to_dict("records"):
-        rows.append([str(r["users"]), r["size_class"]] +
+        rows.append([summary.load_labels.get(int(r["users"])) or str(r["users"]), r["size_class"]] +
                     [f"{_fmt_ms(r[f'{k}_mean_ms'])} ({_fmt_pct(r[f'{k}_share'])})" for k in keys])
     return head, rows
 
@@ -492,14 +658,29 @@ def _steps_table(summary: Summary, config: dict) -> tuple[list[str], list[list[s
     cpu = {c.get("step"): c for c in generator_cpu(config)}
     head = ["step", "users", "window s", "requests", "errors", "req/s", "mean ms",
             "X·W (users)", "Locust cores", "gateway cores"]
+    open_loop = "lag_p99_ms" in summary.steps.columns
+    if open_loop:
+        head[1:2] = ["target req/s"]
+        head[6:7] = ["mean ms (from intended)", "lag p50 ms", "lag p99 ms", "slot waits"]
+        head[head.index("X·W (users)")] = "X·W (in flight)"
+    if "valid" in summary.steps.columns:
+        head.append("stable")
     rows = []
     for r in summary.steps.to_dict("records"):
         c = cpu.get(r["step"], {})
-        rows.append([str(r["step"]), str(r["users"]), f"{r['window_s']:.1f}", str(r["requests"]),
-                     str(r["errors"]), f"{r['throughput_rps']:.1f}", _fmt_ms(r["e2e_mean_ms"]),
-                     "–" if math.isnan(r["littles_n"]) else f"{r['littles_n']:.2f}",
-                     "–" if c.get("locust_cores") is None else f"{c['locust_cores']:.2f}",
-                     "–" if c.get("gateway_cores") is None else f"{c['gateway_cores']:.2f}"])
+        row = [str(r["step"]), str(r["users"]), f"{r['window_s']:.1f}", str(r["requests"]),
+               str(r["errors"]), f"{r['throughput_rps']:.1f}", _fmt_ms(r["e2e_mean_ms"]),
+               "–" if math.isnan(r["littles_n"]) else f"{r['littles_n']:.2f}",
+               "–" if c.get("locust_cores") is None else f"{c['locust_cores']:.2f}",
+               "–" if c.get("gateway_cores") is None else f"{c['gateway_cores']:.2f}"]
+        if open_loop:
+            row[1:2] = ["–" if math.isnan(r["target_rps"]) else f"{r['target_rps']:g}"]
+            row[6:7] = [_fmt_ms(r["e2e_mean_ms"]), _fmt_ms(r["lag_p50_ms"]), _fmt_ms(r["lag_p99_ms"]),
+                        str(r["slot_waits"])]
+        if "valid" in r:
+            row.append("yes" if r["stable"] and r["valid"] else
+                       ("–" if r["stable"] is None else f"NO: {r['stability']}"))
+        rows.append(row)
     return head, rows
 
 
@@ -542,8 +723,8 @@ def plot(summary: Summary, plots_dir: Path) -> list[Path]:
             ax.bar(x, vals, bottom=bottom, label=c, color=_COLORS.get(c))
             bottom += vals
         ax.plot(x, d["e2e_p50_ms"], "k_", markersize=18, mew=2, label="e2e p50")
-        ax.set_xticks(x, [f"{u}" for u in d["users"]])
-        ax.set_xlabel("concurrent users")
+        ax.set_xticks(x, [summary.load_labels.get(int(u)) or f"{u}" for u in d["users"]])
+        ax.set_xlabel("offered load" if summary.load_labels else "concurrent users")
         ax.set_ylabel("mean ms per request")
         ax.set_title(f"Where the time goes — {size}")
         handles, labels = ax.get_legend_handles_labels()
@@ -563,7 +744,7 @@ def plot(summary: Summary, plots_dir: Path) -> list[Path]:
         ax.plot(d["throughput_rps"], d["e2e_p50_ms"], "o-", color=color, label=f"{size} p50")
         ax.plot(d["throughput_rps"], d["e2e_p99_ms"], "s--", color=color, alpha=0.7, label=f"{size} p99")
         for r in d.itertuples():
-            ax.annotate(f"{r.users}u", (r.throughput_rps, r.e2e_p50_ms), textcoords="offset points",
+            ax.annotate(summary.load_labels.get(int(r.users)) or f"{r.users}u", (r.throughput_rps, r.e2e_p50_ms), textcoords="offset points",
                         xytext=(4, -10), fontsize=7)
     ax.set_xlabel("throughput of that size class (req/s)")
     ax.set_ylabel("end-to-end latency (ms)")
@@ -586,9 +767,15 @@ class Report:
     summary: Summary
     findings: list[str]
     files: dict
+    validity: list[str] = field(default_factory=list)
 
 
-def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str]) -> dict:
+def _md_inline(text: str) -> str:
+    return html.escape(text).replace("**", "")
+
+
+def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str],
+                 validity: list[str] | None = None) -> dict:
     rd = RunDir(run.path)
     files = {}
     summary.main.merge(summary.stages.drop(columns=["requests"]),
@@ -604,7 +791,10 @@ def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str
     title = f"Overhead breakdown — {run.path.name}"
     closure = (attr[[c for c in attr.columns if c != E2E]].sum(axis=1) - attr[E2E]).abs().max() if len(attr) else 0.0
 
-    md = [f"# {title}", "", "## What ran", ""]
+    md = [f"# {title}", ""]
+    if validity:
+        md += ["## Validity", ""] + [f"- {v}" for v in validity] + [""]
+    md += ["## What ran", ""]
     md += [f"- **{k}**: {v}" for k, v in what]
     md += ["", "## What this says", ""] + [f"- {n}" for n in notes]
     md += ["", "## Breakdown per concurrency and size class", "",
@@ -629,7 +819,12 @@ def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str
            "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}"
            "th{background:#f2f2f2}figure{display:inline-block;margin:.5em}img{max-width:640px}"
            "li{margin:.3em 0}code{background:#f4f4f4}")
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>What ran</h2><ul>"]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if validity:
+        body += ["<h2>Validity</h2><ul>"] + [
+            f"<li>{'<b>' if i == 0 or 'GENERATOR' in v else ''}{_md_inline(v)}"
+            f"{'</b>' if i == 0 or 'GENERATOR' in v else ''}</li>" for i, v in enumerate(validity)] + ["</ul>"]
+    body += ["<h2>What ran</h2><ul>"]
     body += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in what]
     body += ["</ul><h2>What this says</h2><ul>"]
     body += [f"<li>{html.escape(n)}</li>" for n in notes]
@@ -665,6 +860,9 @@ def print_tables(report: Report, console=None) -> None:
         last_users = r[0]
         t.add_row(*r)
     console.print(t)
+    console.print("[bold]Validity[/bold]")
+    for v in report.validity:
+        console.print(f" • {v.replace('**', '')}", highlight=False)
     console.print("[bold]What this says[/bold]")
     for n in report.findings:
         console.print(f" • {n}", highlight=False)
@@ -674,11 +872,24 @@ def report(run_dir, console=None, quiet: bool = False) -> Report:
     """Load, attribute, summarize, write report files; print unless quiet."""
     t0 = time.perf_counter()
     run = load_run(run_dir)
-    attr = attribute(run.requests, run.spans)
-    summary = summarize(run.requests, attr, run.steps)
-    notes = findings(run, summary)
-    files = write_report(run, attr, summary, notes)
-    rep = Report(run=run, attr=attr, summary=summary, findings=notes, files=files)
+    requests, spans, steps = run.requests, run.spans, run.steps
+    labels = {}
+    if run.is_open_loop:  # e2e from the intended send time; steps labelled by their target rate
+        requests, spans = open_loop_view(run.requests, run.spans)
+        rates = (run.config.get("load") or {}).get("rates") or (run.open_loop or {}).get("rates") or []
+        if len(steps):
+            steps = steps.copy()
+            steps["users"] = steps["step"] + 1   # a distinct load level per step
+            labels = {int(st) + 1: (f"{rates[int(st)]:g} req/s" if int(st) < len(rates) else f"step {st}")
+                      for st in steps["step"]}
+    attr = attribute(requests, spans)
+    summary = summarize(requests, attr, steps)
+    summary.load_labels = labels
+    run_view = Run(**{**run.__dict__, "steps": steps})
+    checks = validity_checks(run_view, requests, summary)
+    notes = findings(run_view, summary)
+    files = write_report(run_view, attr, summary, notes, checks)
+    rep = Report(run=run, attr=attr, summary=summary, findings=notes, files=files, validity=checks)
     if not quiet:
         from rich.console import Console
         console = console or Console()

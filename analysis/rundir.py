@@ -7,7 +7,8 @@ A run is a directory (docs/architecture.md, "Run directory")::
       steps.parquet      step, users, start_ns, measure_start_ns, end_ns
       requests.parquet   one row per request, from the load generator
       spans.parquet      all spans (merged from spans/ parts at the end of a sweep)
-      locust/            Locust's CSVs and final_stats.json (exact final counters)
+      locust/            Locust's CSVs, final_stats.json (exact final counters), stability.json
+                         (live step verdicts), openloop.json (open-loop schedule counters)
       logs/              gateway.log, locust.log
       report.md, report.html, breakdown.csv, plots/
 
@@ -56,6 +57,8 @@ class RunDir:
     locust_csv_prefix = property(lambda self: self.path / "locust" / "locust")
     locust_final = property(lambda self: self.path / "locust" / "final_stats.json")
     locust_progress = property(lambda self: self.path / "locust" / "progress.json")
+    locust_stability = property(lambda self: self.path / "locust" / "stability.json")
+    locust_openloop = property(lambda self: self.path / "locust" / "openloop.json")
     logs = property(lambda self: self.path / "logs")
     plots = property(lambda self: self.path / "plots")
     report_md = property(lambda self: self.path / "report.md")

@@ -7,7 +7,22 @@ Run by ``loadtest/sweep.py`` (one Locust process for the whole sweep), or by han
         --overhead-steps 1,2,4 --overhead-step-seconds 20 --overhead-warmup-seconds 5
 
 Every option also reads an env var (``OVERHEAD_RUN_DIR``, ``OVERHEAD_MANIFEST``,
-``OVERHEAD_SIZES``, ``OVERHEAD_STEPS``, ``OVERHEAD_STEP_SECONDS``, ``OVERHEAD_WARMUP_SECONDS``).
+``OVERHEAD_SIZES``, ``OVERHEAD_STEPS``, ``OVERHEAD_STEP_SECONDS``, ``OVERHEAD_WARMUP_SECONDS``,
+``OVERHEAD_ARRIVALS``, ``OVERHEAD_RATES``, ...: see ``--help``).
+
+Closed loop (default): each user sends its next request as soon as the previous answer is in.
+Open loop (``--overhead-arrivals poisson|constant --overhead-rates 2,4,8``): one user runs a
+scheduler greenlet that draws intended send times from the arrival process at the step's rate and
+hands each request to a bounded gevent pool (``--overhead-max-in-flight``); ``intended_ns`` is the
+scheduled time, ``send_ns`` when it really went out, so latency from ``intended_ns`` is free of
+coordinated omission and ``send_ns - intended_ns`` is the schedule lag. A full pool makes the
+scheduler wait (the lag then grows); those waits are counted per step in
+``locust/openloop.json``.
+
+Stable steps (``--overhead-stability-max-seconds S``, > step seconds): at the planned end of a step
+the shape asks ``live_check`` (``analysis/stability.py`` on this process's in-memory records); an
+unstable step (or one with too few requests) is held until it is stable or has run S seconds.
+The live verdicts go to ``locust/stability.json``.
 
 Each request gets one exact record (docs/architecture.md, requests.parquet) kept in memory and
 written when the test stops, together with ``steps.parquet`` (the real step boundaries recorded by
@@ -32,6 +47,7 @@ import uuid
 from pathlib import Path
 
 import gevent
+import gevent.pool
 from locust import FastHttpUser, constant, events, task
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +58,8 @@ from analysis.rundir import (  # noqa: E402  (light: pyarrow is imported lazily)
     REQUEST_COLUMNS, STEP_COLUMNS, RunDir, table_from_rows, write_json_atomic,
     write_parquet_atomic,
 )
+from analysis.stability import StabilityRule, assess  # noqa: E402  (pure Python)
+from loadtest.schedule import ARRIVALS, ArrivalProcess, parse_rates  # noqa: E402
 from loadtest.shapes import StepShape  # noqa: E402,F401  (Locust picks the shape up from here)
 
 log = logging.getLogger("overhead.locustfile")
@@ -53,6 +71,9 @@ GOLDEN = 0.6180339887498949  # user start offsets spread over the corpus for any
 RECORDS: list[tuple] = []
 _written = {"requests": -1}
 _user_ids = itertools.count()
+OPEN_LOOP: dict = {}   # kind, rates, max_in_flight, seed when open loop; empty for closed loop
+OPEN_STATS: dict = {}  # step -> {"rate", "scheduled", "slot_waits"}
+STABILITY: dict = {}   # "rule": StabilityRule when a stability rule is in force
 
 
 class CorpusImage:
@@ -83,6 +104,21 @@ def _add_arguments(parser):
                    default=20.0, help="seconds per step")
     g.add_argument("--overhead-warmup-seconds", type=float, env_var="OVERHEAD_WARMUP_SECONDS",
                    default=0.0, help="first seconds of each step not measured")
+    g.add_argument("--overhead-arrivals", type=str, env_var="OVERHEAD_ARRIVALS", default="",
+                   help="open loop: poisson or constant arrivals (default: closed loop)")
+    g.add_argument("--overhead-rates", type=str, env_var="OVERHEAD_RATES", default="",
+                   help="open loop: target requests/s per step, e.g. 2,4,8 (one per step)")
+    g.add_argument("--overhead-max-in-flight", type=int, env_var="OVERHEAD_MAX_IN_FLIGHT",
+                   default=1000, help="open loop: most requests in flight at once")
+    g.add_argument("--overhead-seed", type=int, env_var="OVERHEAD_SEED", default=0,
+                   help="open loop: seed of the arrival process")
+    g.add_argument("--overhead-stability-window", type=float, env_var="OVERHEAD_STABILITY_WINDOW",
+                   default=5.0, help="seconds per stability window")
+    g.add_argument("--overhead-stability-max-seconds", type=float,
+                   env_var="OVERHEAD_STABILITY_MAX_SECONDS", default=0.0,
+                   help="extend an unstable step up to this many seconds (0: never extend)")
+    g.add_argument("--overhead-min-requests", type=int, env_var="OVERHEAD_MIN_REQUESTS", default=100,
+                   help="successful requests a step needs to be valid")
 
 
 def load_manifest(path: str | os.PathLike, sizes: str = "") -> list[CorpusImage]:
@@ -129,6 +165,31 @@ def _on_init(environment, **_):
         log.warning("no --overhead-run-dir / OVERHEAD_RUN_DIR: per-request records not written")
     log.info("overhead: %d images (%s)", len(IMAGES),
              ", ".join(sorted({i.size_class for i in IMAGES})))
+    if opts.overhead_arrivals:
+        if opts.overhead_arrivals not in ARRIVALS:
+            raise SystemExit(f"overhead locustfile: --overhead-arrivals must be one of {ARRIVALS}")
+        OPEN_LOOP.update(kind=opts.overhead_arrivals, rates=parse_rates(opts.overhead_rates),
+                         max_in_flight=max(1, opts.overhead_max_in_flight), seed=opts.overhead_seed)
+        InferUser.concurrency = OPEN_LOOP["max_in_flight"]  # connections of the one user's client
+        log.info("overhead: open loop, %s arrivals at %s req/s", OPEN_LOOP["kind"], OPEN_LOOP["rates"])
+    STABILITY["rule"] = StabilityRule(window_s=opts.overhead_stability_window,
+                                      min_requests=opts.overhead_min_requests)
+    if opts.overhead_stability_max_seconds > 0:
+        StepShape.stability = {"check": live_check, "max_seconds": opts.overhead_stability_max_seconds}
+
+
+def live_check(row: dict, now_ns: int):
+    """Stability verdict of the running step from the in-memory records (successful requests
+    completed since the step's measured start; latency from the intended send time)."""
+    start = row["measure_start_ns"]
+    comps = []
+    for rec in reversed(RECORDS):  # appended on completion: newest last
+        recv = rec[7]
+        if recv < start:
+            break
+        if rec[8] == 200 and rec[9] is None:
+            comps.append((recv, (recv - rec[5]) / 1e6))
+    return assess(comps, start, now_ns, STABILITY.get("rule") or StabilityRule())
 
 
 class InferUser(FastHttpUser):
@@ -142,10 +203,45 @@ class InferUser(FastHttpUser):
 
     @task
     def infer(self):
+        if OPEN_LOOP:
+            return self.open_loop()
         img = IMAGES[self.pos % len(IMAGES)]
         self.pos += 1
+        self.request(img, None)
+
+    def open_loop(self):
+        """The scheduler: intended times from the arrival process at the current step's rate,
+        each request handed to the pool (which blocks the scheduler while full)."""
+        pool = gevent.pool.Pool(OPEN_LOOP["max_in_flight"])
+        arrivals = ArrivalProcess(OPEN_LOOP["kind"], OPEN_LOOP["seed"])
+        rates = OPEN_LOOP["rates"]
+        next_ns = None
+        while True:
+            shape = _shape(_ENV.get("env"))
+            step = shape.tracker.current if shape is not None and shape.tracker is not None else 0
+            if step is None or step >= len(rates):
+                gevent.sleep(0.05)
+                next_ns = None
+                continue
+            rate = rates[step]
+            if next_ns is None:
+                next_ns = time.time_ns()
+            next_ns += int(arrivals.gap_s(rate) * 1e9)
+            delay = (next_ns - time.time_ns()) / 1e9
+            if delay > 0:
+                gevent.sleep(delay)
+            st = OPEN_STATS.setdefault(step, {"rate": rate, "scheduled": 0, "slot_waits": 0})
+            st["scheduled"] += 1
+            if pool.full():
+                st["slot_waits"] += 1
+            img = IMAGES[self.pos % len(IMAGES)]
+            self.pos += 1
+            pool.spawn(self.request, img, next_ns)
+
+    def request(self, img: "CorpusImage", intended_ns: int | None):
         rid = uuid.uuid4().hex
         send_ns = time.time_ns()
+        intended_ns = send_ns if intended_ns is None else intended_ns
         with self.client.post(INFER_PATH, data=img.data, name=img.label, catch_response=True,
                               headers={"X-Request-ID": rid, "Content-Type": img.content_type}) as resp:
             recv_ns = time.time_ns()  # post() returns after the whole body has been read
@@ -164,7 +260,7 @@ class InferUser(FastHttpUser):
                     error = _error_text(resp)
             except Exception as exc:  # a bad body is a failed request, not a crashed user
                 error = f"bad response body: {type(exc).__name__}: {exc}"
-            RECORDS.append((rid, self.uid, img.name, img.size_class, len(img.data), send_ns,
+            RECORDS.append((rid, self.uid, img.name, img.size_class, len(img.data), intended_ns,
                             send_ns, recv_ns, status, error, timing, k))
             if error is None:
                 resp.success()
@@ -207,6 +303,15 @@ def write_records(environment) -> None:
         rows = [(s["step"], s["users"], s["start_ns"], s["measure_start_ns"], s["end_ns"])
                 for s in shape.finish()]
         write_parquet_atomic(table_from_rows(rows, STEP_COLUMNS), run.steps)
+    if shape is not None and shape.tracker is not None:
+        rule = STABILITY.get("rule")
+        write_json_atomic({"rule": rule.to_dict() if rule else None,
+                           "extend_up_to_s": (StepShape.stability or {}).get("max_seconds"),
+                           "live_verdicts": {str(k): v for k, v in shape.tracker.verdicts.items()}},
+                          run.locust / "stability.json")
+    if OPEN_LOOP:
+        write_json_atomic({**OPEN_LOOP, "steps": {str(k): v for k, v in OPEN_STATS.items()}},
+                          run.locust / "openloop.json")
 
 
 def write_final_stats(environment) -> None:

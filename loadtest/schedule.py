@@ -106,19 +106,52 @@ class StepTracker:
     """Follows a schedule from elapsed seconds and records each step's real boundaries
     (``rows``: steps.parquet rows; ``end_ns`` is None while a step runs)."""
 
-    def __init__(self, schedule: StepSchedule):
+    def __init__(self, schedule: StepSchedule, check=None, max_seconds: float | None = None):
+        """``check(row, now_ns)``, if given, judges the running step when its planned time is up
+        (an ``analysis.stability.Verdict``); a step that is not ``valid`` (stable, with enough
+        requests) is held, re-checked at every poll, up to ``max_seconds`` from its start. With a
+        check, each step's planned length counts from its real start. ``verdicts``: step → the
+        last verdict (as a dict) plus ``extended_s``."""
         self.schedule = schedule
         self.rows: list[dict] = []
         self.current: int | None = None
         self.finished = False
+        self.check = check
+        self.max_seconds = max_seconds
+        self.verdicts: dict[int, dict] = {}
+        self._shift = 0.0            # seconds the plan has been pushed back by held steps
+        self._start_elapsed = 0.0
+
+    def _hold(self, elapsed_s: float, now_ns: int) -> bool:
+        """At the planned end of the current step: judge it; True to keep running it."""
+        cur = self.current
+        verdict = self.check(self.rows[-1], now_ns)
+        ran = elapsed_s - self._start_elapsed
+        planned = self.schedule.steps[cur][1]
+        limit = max(self.max_seconds or 0.0, planned)
+        hold = not verdict.valid and ran < limit
+        d = {k: getattr(verdict, k) for k in ("stable", "enough_requests", "requests", "reason",
+                                              "throughput_spread", "p50_spread")}
+        d.update(valid=verdict.valid, extended_s=round(max(ran - planned, 0.0), 3), checked_ns=now_ns,
+                 held=hold)
+        self.verdicts[cur] = d
+        if hold:
+            self._shift = max(self._shift, elapsed_s - self.schedule.boundaries()[cur + 1])
+        return hold
 
     def observe(self, elapsed_s: float, now_ns: int | None = None) -> int | None:
         """The step to run at ``elapsed_s``; a change of step is stamped with ``now_ns``."""
         if self.finished:
             return None
-        i = self.schedule.step_at(elapsed_s)
+        i = self.schedule.step_at(elapsed_s - self._shift)
+        if i != self.current and self.check is not None and self.current is not None:
+            if self._hold(elapsed_s, time.time_ns() if now_ns is None else now_ns):
+                return self.current
         if i != self.current:
             now = time.time_ns() if now_ns is None else now_ns
+            if self.check is not None and i is not None:  # the step's length counts from now
+                self._shift = max(self._shift, elapsed_s - self.schedule.boundaries()[i])
+                self._start_elapsed = elapsed_s
             self._close(now)
             if i is not None:
                 self.rows.append(dict(step=i, users=self.schedule.steps[i][0], start_ns=now,
@@ -146,5 +179,45 @@ class StepTracker:
         return dict(step=self.current, steps=len(s.steps), users=cur["users"] if cur else 0,
                     step_start_ns=cur["start_ns"] if cur else None,
                     step_seconds=s.steps[self.current][1] if self.current is not None else None,
-                    total_seconds=s.total_seconds, finished=self.finished)
+                    total_seconds=s.total_seconds, extended_s=round(self._shift, 3),
+                    finished=self.finished)
 
+
+
+# --- open loop: arrivals at a target rate ------------------------------------------------------
+
+ARRIVALS = ("poisson", "constant")
+
+
+def parse_rates(spec: str) -> list[float]:
+    """``"2,4,8"`` → ``[2.0, 4.0, 8.0]`` (requests per second, each > 0)."""
+    rates = [float(x) for x in str(spec).replace(" ", "").split(",") if x]
+    if not rates or any(r <= 0 for r in rates):
+        raise ValueError(f"bad rates {spec!r}: comma-separated requests/s, each > 0")
+    return rates
+
+
+class ArrivalProcess:
+    """Intended send times of an open-loop load: Poisson (exponential gaps, mean 1/rate) or
+    constant (gaps of exactly 1/rate). Times come from the schedule, never from when the previous
+    request was answered or actually sent, so a slow service cannot slow the offered load down
+    (no coordinated omission). Seeded: the same seed gives the same gaps."""
+
+    def __init__(self, kind: str = "poisson", seed: int | None = 0):
+        import random
+
+        if kind not in ARRIVALS:
+            raise ValueError(f"unknown arrival process {kind!r}; choose from {ARRIVALS}")
+        self.kind = kind
+        self.rng = random.Random(seed)
+
+    def gap_s(self, rate: float) -> float:
+        return self.rng.expovariate(rate) if self.kind == "poisson" else 1.0 / rate
+
+    def times_ns(self, rate: float, start_ns: int, n: int) -> list[int]:
+        """``n`` intended send times from ``start_ns`` (the first one gap after it)."""
+        out, t = [], float(start_ns)
+        for _ in range(n):
+            t += self.gap_s(rate) * 1e9
+            out.append(int(t))
+        return out

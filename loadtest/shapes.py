@@ -2,8 +2,9 @@
 Locust process; the schedule arithmetic lives in ``loadtest/schedule.py``).
 
 ``StepShape`` runs the schedule given by ``--overhead-steps`` / ``--overhead-step-seconds`` /
-``--overhead-warmup-seconds`` (or the ``OVERHEAD_*`` env vars) and records each step's real start
-and end with ``time.time_ns()`` (``StepTracker``); the locustfile writes them to steps.parquet.
+``--overhead-warmup-seconds`` (or the ``OVERHEAD_*`` env vars), holding a step past its planned
+end while the locustfile's stability check says it is not stable yet, and records each step's
+real start and end with ``time.time_ns()`` (``StepTracker``); the locustfile writes them to steps.parquet.
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ SPAWN_RATE = 100.0  # users per second when a step changes: every step starts at
 
 
 class StepShape(LoadTestShape):
+    # set by the locustfile when steps are extended until stable:
+    # {"check": fn(row, now_ns) -> Verdict, "max_seconds": float}
+    stability: dict | None = None
+
     def __init__(self, schedule: StepSchedule | None = None):
         super().__init__()
         self.schedule = schedule
@@ -25,7 +30,9 @@ class StepShape(LoadTestShape):
             if self.schedule is None:
                 env = getattr(self.runner, "environment", None)
                 self.schedule = schedule_from_options(getattr(env, "parsed_options", None))
-            self.tracker = StepTracker(self.schedule)
+            st = type(self).stability or {}
+            self.tracker = StepTracker(self.schedule, check=st.get("check"),
+                                       max_seconds=st.get("max_seconds"))
         return self.tracker
 
     def reset_time(self):

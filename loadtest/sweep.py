@@ -2,6 +2,10 @@
 
     python -m loadtest.sweep --out RUN_DIR --users 1,2,4,8 --step-seconds 20 --warmup-seconds 5 \\
         [--sizes 0.1MP,1MP,8MP] [--host URL | gateway options, e.g. --k 4 or --gateway-arg=--k=4]
+    python -m loadtest.sweep --out RUN_DIR --arrivals poisson --rates 2,4,8 --step-seconds 20 ...
+        (open loop: target request rates instead of concurrent users)
+    ... --stability-max-seconds 60   (extend an unstable step up to 60 s; --stability-window,
+        --min-requests set the rule; the report judges every step with it either way)
 
 Without ``--host`` the gateway is started here (``python -m pipelines.gateway`` on a free loopback
 port, spans into RUN_DIR/spans, log in RUN_DIR/logs/gateway.log) and stopped at the end by PID
@@ -44,7 +48,8 @@ from analysis.rundir import (  # noqa: E402
     RunDir, read_json, read_locust_stats_csv, read_requests, read_steps, table_from_rows,
     write_config, write_json_atomic, write_parquet_atomic, merge_span_parts,
 )
-from loadtest.schedule import StepSchedule  # noqa: E402  (not shapes: that imports Locust)
+from analysis.stability import StabilityRule  # noqa: E402
+from loadtest.schedule import ARRIVALS, StepSchedule, parse_rates  # noqa: E402  (not shapes: Locust)
 
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 VERSION_PACKAGES = ("overhead", "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn",
@@ -344,6 +349,19 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--step-seconds", type=float, default=20.0)
     ap.add_argument("--warmup-seconds", type=float, default=5.0,
                     help="first seconds of each step excluded from measurement")
+    ap.add_argument("--arrivals", choices=ARRIVALS, default=None,
+                    help="open loop: arrival process (needs --rates); default closed loop (--users)")
+    ap.add_argument("--rates", default="", help="open loop: target requests/s per step, e.g. 2,4,8")
+    ap.add_argument("--max-in-flight", type=int, default=1000,
+                    help="open loop: most requests in flight at once (the scheduler waits beyond)")
+    ap.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival process")
+    ap.add_argument("--stability-window", type=float, default=5.0,
+                    help="seconds per stability window (a step is stable when its last 3 windows "
+                         "agree within 10%% in throughput and p50)")
+    ap.add_argument("--stability-max-seconds", type=float, default=0.0,
+                    help="extend an unstable step up to this many seconds (default 0: never)")
+    ap.add_argument("--min-requests", type=int, default=100,
+                    help="successful requests a step needs for the run to be valid")
     ap.add_argument("--sizes", default="", help="size classes to send, e.g. 0.1MP,1MP,8MP (default all)")
     ap.add_argument("--host", default=None, help="use a running gateway at this URL instead of starting one")
     ap.add_argument("--gateway-arg", action="append", default=[],
@@ -362,6 +380,8 @@ def parse_args(argv: list[str] | None):
     if extra and args.host:
         ap.error(f"unknown options {extra} (options are passed to the gateway only without --host)")
     args.gateway_args = [*extra, *args.gateway_arg]
+    if bool(args.arrivals) != bool(args.rates):
+        ap.error("open loop needs both --arrivals and --rates")
     return args
 
 
@@ -380,9 +400,13 @@ class Sweep:
         a = self.args
         self.run = RunDir(a.out)
         try:
-            self.schedule = StepSchedule.parse(a.users, a.step_seconds, a.warmup_seconds)
+            self.rates = parse_rates(a.rates) if a.arrivals else None
+            users = ",".join("1" for _ in self.rates) if self.rates else a.users
+            self.schedule = StepSchedule.parse(users, a.step_seconds, a.warmup_seconds)
+            self.rule = StabilityRule(window_s=a.stability_window, min_requests=a.min_requests)
         except ValueError as exc:
-            raise SweepError(f"bad --users/--step-seconds/--warmup-seconds: {exc}") from None
+            raise SweepError(f"bad --users/--rates/--step-seconds/--warmup-seconds/stability "
+                             f"options: {exc}") from None
         self.sizes = [s.strip() for s in a.sizes.split(",") if s.strip()]
 
     # each phase is a method, in order of execution
@@ -396,11 +420,18 @@ class Sweep:
         self.config = {
             "run": {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "running",
                     "command": [sys.executable, "-m", "loadtest.sweep", *self.argv], "cwd": os.getcwd()},
-            "load": {"tool": "locust", "user_class": "FastHttpUser", "closed_loop": True,
+            "load": {"tool": "locust", "user_class": "FastHttpUser", "closed_loop": not self.rates,
                      "schedule": [{"users": u, "seconds": s} for u, s in self.schedule.steps],
-                     "warmup_seconds": self.schedule.warmup_seconds, "sizes": self.sizes},
+                     "warmup_seconds": self.schedule.warmup_seconds, "sizes": self.sizes,
+                     "stability": {**self.rule.to_dict(),
+                                   "extend_up_to_s": self.args.stability_max_seconds or None}},
             "machine": machine(), "versions": versions(), "git": git_info(),
         }
+        if self.rates:
+            self.config["load"].update(arrivals=self.args.arrivals, rates=self.rates,
+                                       max_in_flight=self.args.max_in_flight, seed=self.args.seed,
+                                       schedule=[{"rate": r, "seconds": s} for r, (_, s)
+                                                 in zip(self.rates, self.schedule.steps)])
         write_config(self.run.path, self.config)
 
     def build_corpus(self) -> None:
@@ -443,14 +474,23 @@ class Sweep:
                "--overhead-manifest", str(self.run.corpus.resolve()),
                "--overhead-sizes", ",".join(self.sizes),
                "--overhead-steps", spec, "--overhead-step-seconds", f"{s.steps[0][1]:g}",
-               "--overhead-warmup-seconds", f"{s.warmup_seconds:g}"]
+               "--overhead-warmup-seconds", f"{s.warmup_seconds:g}",
+               "--overhead-stability-window", f"{self.rule.window_s:g}",
+               "--overhead-min-requests", str(self.rule.min_requests),
+               "--overhead-stability-max-seconds", f"{self.args.stability_max_seconds:g}"]
+        if self.rates:
+            cmd += ["--overhead-arrivals", self.args.arrivals,
+                    "--overhead-rates", ",".join(f"{r:g}" for r in self.rates),
+                    "--overhead-max-in-flight", str(self.args.max_in_flight),
+                    "--overhead-seed", str(self.args.seed)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
         self.locust = Child("locust", cmd, self.run.logs / "locust.log", env=env).start()
         self.config["locust_command"] = cmd
         self.config["locust"] = {"pid": self.locust.pid}
         progress = Progress(s.total_seconds, len(s.steps))
         t0 = time.monotonic()
-        deadline = t0 + s.total_seconds + 120
+        extra = sum(max(self.args.stability_max_seconds - sec, 0.0) for _, sec in s.steps)
+        deadline = t0 + s.total_seconds + extra + 120
         try:
             while self.locust.alive():
                 now = time.time_ns()
@@ -464,7 +504,7 @@ class Sweep:
                                      f"{self.gateway.proc.returncode}); last lines of "
                                      f"{self.gateway.log}:\n{log_tail(self.gateway.log)}")
                 if time.monotonic() > deadline:
-                    raise SweepError(f"Locust did not finish within {s.total_seconds + 120:.0f} s; "
+                    raise SweepError(f"Locust did not finish within {s.total_seconds + extra + 120:.0f} s; "
                                      f"see {self.locust.log}")
                 time.sleep(self.args.sample_interval)
         finally:
@@ -498,6 +538,9 @@ class Sweep:
         self.config.setdefault("locust", {}).update(final=read_json(self.run.locust_final),
                                                     stats_csv_aggregated=read_locust_stats_csv(self.run.path))
         self.config["counts"] = {"requests": n_req, "spans": n_spans}
+        self.config["stability_live"] = read_json(self.run.locust_stability)
+        if self.rates:
+            self.config["open_loop"] = read_json(self.run.locust_openloop)
         self.config["run"].update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_config(self.run.path, self.config)
         for c in cpu:

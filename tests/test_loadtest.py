@@ -394,3 +394,33 @@ def test_sweep_against_the_real_gateway(tmp_path):
     assert dec["8MP"] > 3 * dec["0.1MP"]                # decoding 8 MP costs more than 0.1 MP
     bd = pd.read_csv(run.breakdown_csv)
     assert set(bd["size_class"]) == {"0.1MP", "8MP"} and set(bd["users"]) == {1, 2}
+
+
+@pytest.mark.slow
+def test_open_loop_sweep_with_standin_gateway(tmp_path):
+    """--arrivals/--rates: one scheduler user, intended times from the arrival process, the report
+    measures from the intended time and states validity and the generator check at the top."""
+    manifest = write_manifest(tmp_path)
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "loadtest.sweep", "--out", str(out), "--arrivals", "constant", "--rates", "10,30",
+           "--step-seconds", "2.5", "--warmup-seconds", "0.5", "--manifest", str(manifest),
+           "--stability-window", "0.5", "--min-requests", "5",
+           "--gateway-command", f"{shlex.quote(PY)} {shlex.quote(__file__)}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = RunDir(out)
+    config = json.loads(run.config.read_text())
+    load = config["load"]
+    assert load["closed_loop"] is False and load["arrivals"] == "constant" and load["rates"] == [10, 30]
+    assert config["open_loop"]["steps"]["1"]["rate"] == 30
+    req = pd.read_parquet(run.requests)
+    assert (req["send_ns"] >= req["intended_ns"]).all() and (req["intended_ns"] < req["send_ns"]).any()
+    steps = pd.read_parquet(run.steps)
+    for st in steps.itertuples():    # constant arrivals: 100 ms, then 33.3 ms apart
+        sel = req[(req["intended_ns"] >= st.start_ns + 100_000_000) & (req["intended_ns"] < st.end_ns)]
+        gaps = sel["intended_ns"].sort_values().diff().dropna() / 1e6
+        assert gaps.median() == pytest.approx(1000 / load["rates"][st.step], rel=0.02)
+    md = run.report_md.read_text()
+    top = md.split("## What ran")[0]
+    assert "## Validity" in top and ("VALID" in top) and "Load generator" in top
+    assert "lag p99 ms" in md and "10 req/s" in md and "30 req/s" in md
