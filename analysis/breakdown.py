@@ -841,14 +841,31 @@ def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str
     return files
 
 
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # piped or logged: rich would squeeze the table into 80 columns
+        console = Console(width=max(console.width, 200))
+    return console
+
+
 def print_tables(report: Report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or _console()
     s = report.summary
     head, rows = _main_table(s, with_p50=False)
     head = [h.removesuffix(" ms") for h in head]
+    # The console shows the components that matter somewhere (>= 1% of e2e) and `other`;
+    # report.md has them all.
+    keep = [i for i, h in enumerate(head)
+            if i < 9 and h not in ("errors", "p95") or h == "other"
+            or i >= 9 and (s.main[f"{h}_share"].fillna(0).max() >= 0.01)]
+    dropped = [h for i, h in enumerate(head) if i >= 9 and i not in keep]
+    head = [head[i] for i in keep]
+    rows = [[r[i] for i in keep] for r in rows]
     t = Table(title=f"Where the time goes — {report.run.path.name} (mean ms, share of e2e)",
               title_justify="left")
     for h in head:
@@ -860,6 +877,9 @@ def print_tables(report: Report, console=None) -> None:
         last_users = r[0]
         t.add_row(*r)
     console.print(t)
+    if dropped:
+        console.print(f"(under 1% of e2e at every step, in report.md: {', '.join(dropped)})",
+                      highlight=False)
     console.print("[bold]Validity[/bold]")
     for v in report.validity:
         console.print(f" • {v.replace('**', '')}", highlight=False)
@@ -891,8 +911,7 @@ def report(run_dir, console=None, quiet: bool = False) -> Report:
     files = write_report(run_view, attr, summary, notes, checks)
     rep = Report(run=run, attr=attr, summary=summary, findings=notes, files=files, validity=checks)
     if not quiet:
-        from rich.console import Console
-        console = console or Console()
+        console = console or _console()
         print_tables(rep, console)
         console.print(f"report: {files['md']}  (html: {files['html']}; "
                       f"{len(run.requests)} requests, {len(run.spans)} spans, "
