@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.overhead-installed
-EXTRAS ?= build,load,test
+EXTRAS ?= build,load,redis,kafka,servers,dali,test
 
 .PHONY: demo test venv clean-venv
 
@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/overhead demo $(ARGS)
 
 test: $(STAMP)
+	@bash scripts/ensure_servers.sh $(BIN)/python
 	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:
