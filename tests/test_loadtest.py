@@ -394,6 +394,15 @@ def test_sweep_against_the_real_gateway(tmp_path):
     assert dec["8MP"] > 3 * dec["0.1MP"]                # decoding 8 MP costs more than 0.1 MP
     bd = pd.read_csv(run.breakdown_csv)
     assert set(bd["size_class"]) == {"0.1MP", "8MP"} and set(bd["users"]) == {1, 2}
+    # Little's law for a closed loop with no think time: completions/s x mean latency = users.
+    # Tolerance 20%: steps are 4 s long, so the requests in flight at the window's edges and the
+    # generator's own time between a response and the next send weigh in.
+    steps = pd.read_parquet(run.steps)
+    for st in steps.itertuples():
+        done = req[(req["recv_ns"] >= st.measure_start_ns) & (req["recv_ns"] < st.end_ns)]
+        throughput = len(done) / ((st.end_ns - st.measure_start_ns) / 1e9)
+        mean_latency = ((done["recv_ns"] - done["send_ns"]) / 1e9).mean()
+        assert throughput * mean_latency == pytest.approx(st.users, rel=0.20), (st, len(done))
 
 
 @pytest.mark.slow
