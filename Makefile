@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.overhead-installed
-EXTRAS ?= build,load,redis,kafka,servers,dali,test
+EXTRAS ?= build,load,redis,kafka,triton,servers,dali,test
 
 .PHONY: demo test venv clean-venv
 
@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/ensure_servers.sh $(BIN)/python
+	@bash scripts/ensure_triton.sh $(BIN)/python
 	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:

@@ -119,6 +119,9 @@ class Gateway:
             det = _resolve_model(s.detector, s.models_dir)
             cls = _resolve_model(s.classifier, s.models_dir)
             pre = get_preprocessor(s.preprocessor, reduced=s.reduced)
+            if s.backend == "triton":
+                from pipelines.inference.triton import set_default_url
+                set_default_url(s.triton_url)
             self.pipeline = TwoStagePipeline(
                 det, cls, pre, self.broker, self.recorder, k=s.k, score_threshold=s.score_threshold,
                 iou_threshold=s.iou_threshold, intra_op_threads=s.intra_op_threads,

@@ -5,8 +5,9 @@ returns an ``InferResult`` (this item's output rows, enqueue/start/end ns, batch
 ``infer_batch(batch)`` runs a formed batch. Callers record ``queue`` (enqueue -> start) and
 ``inference`` (start -> end, ``{"batch": n}``) spans from it.
 
-Only ``embedded`` (ONNX Runtime in-process) exists now; Triton and TF Serving clients register
-here with the same interface (``register_backend``).
+``embedded`` (ONNX Runtime in-process) and ``triton`` (a Triton server client, see
+``pipelines/inference/triton.py``); other clients (TF Serving) register here with the same
+interface (``register_backend``).
 """
 from __future__ import annotations
 
@@ -68,7 +69,16 @@ class EmbeddedBackend(InferenceBackend):
         self.batcher.close()
 
 
-_BACKENDS: dict[str, Callable[..., InferenceBackend]] = {"embedded": EmbeddedBackend}
+def _triton_backend(model_info, **opts) -> InferenceBackend:
+    """``triton``: a Triton server client (``pipelines/inference/triton.py``, imported lazily:
+    tritonclient is only needed when this backend is used). Options: ``url`` (http://h:p or
+    grpc://h:p), ``timeout_s``; embedded-only options are ignored."""
+    from pipelines.inference.triton import TritonBackend
+    return TritonBackend(model_info, **opts)
+
+
+_BACKENDS: dict[str, Callable[..., InferenceBackend]] = {"embedded": EmbeddedBackend,
+                                                         "triton": _triton_backend}
 
 
 def register_backend(kind: str, factory: Callable[..., InferenceBackend]) -> None:
