@@ -851,7 +851,6 @@ def _console():
 
 
 def print_tables(report: Report, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     console = console or _console()

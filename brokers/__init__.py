@@ -23,7 +23,7 @@ def open_broker(url: str = "memory://", **options) -> Broker:
         from brokers.kafka import KafkaBroker
 
         return KafkaBroker.from_url(url, **options)
-    from brokers.redis_streams import redact_url
+    from brokers.urls import redact_url
 
     raise ValueError(f"unsupported broker URL {redact_url(url)!r}: use memory://, redis://, "
                      f"rediss:// or kafka://")

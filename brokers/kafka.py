@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from brokers.base import (MAX_REASON_CHARS, Broker, BrokerError, BrokerFull, BrokerUnavailable,
                           Delivery, dead_letter_topic)
+from brokers.urls import convert_option, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -79,26 +80,6 @@ _OPTIONS = {  # name: (type, default)
     "sasl_mechanism": (str, "PLAIN"),
     "client_id": (str, "overhead"),
 }
-
-
-def _to_bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _convert(name, typ, value):
-    try:
-        return _to_bool(value) if typ is bool else typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"broker option {name}={value!r} is not a valid {typ.__name__}") from exc
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 class _ConsumerState:
@@ -132,7 +113,7 @@ class KafkaBroker(Broker):
         if unknown:
             raise TypeError(f"unknown Kafka broker option(s): {sorted(unknown)}")
         self.bootstrap = bootstrap_servers
-        self.url = _redact(url)
+        self.url = redact_url(url)
         self.cfg = {name: default for name, (_t, default) in _OPTIONS.items()}
         self.cfg.update(cfg)
         self.prefix = self.cfg["prefix"]
@@ -153,19 +134,19 @@ class KafkaBroker(Broker):
     def from_url(cls, url: str = "kafka://127.0.0.1:9092", **options) -> "KafkaBroker":
         parts = urlsplit(url)
         if parts.scheme != "kafka":
-            raise ValueError(f"not a Kafka URL: {_redact(url)!r}")
+            raise ValueError(f"not a Kafka URL: {redact_url(url)!r}")
         netloc = parts.netloc.rsplit("@", 1)[-1]
         servers = [s.strip() for s in netloc.split(",") if s.strip()] or ["127.0.0.1:9092"]
         ours = {}
         for k, v in parse_qsl(parts.query, keep_blank_values=True):
             if k not in _OPTIONS:
-                raise ValueError(f"unknown Kafka broker option {k!r} in {_redact(url)!r}")
+                raise ValueError(f"unknown Kafka broker option {k!r} in {redact_url(url)!r}")
             ours[k] = v
         unknown = set(options) - set(_OPTIONS)
         if unknown:
             raise TypeError(f"unknown Kafka broker option(s): {sorted(unknown)}")
         ours.update(options)
-        cfg = {name: _convert(name, typ, ours[name]) for name, (typ, _d) in _OPTIONS.items()
+        cfg = {name: convert_option(name, typ, ours[name]) for name, (typ, _d) in _OPTIONS.items()
                if name in ours and ours[name] is not None}
         user = unquote(parts.username) if parts.username else os.environ.get("OVERHEAD_KAFKA_USERNAME")
         password = (unquote(parts.password) if parts.password is not None

@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from brokers.base import (MAX_REASON_CHARS, Broker, BrokerError, BrokerFull, BrokerUnavailable,
                           Delivery, dead_letter_topic)
+from brokers.urls import convert_option, redact_url
 
 # Atomic "publish unless the backlog is at the high-water mark": one round trip, no race between
 # concurrent publishers. Returns the stream's length after the add, or false when full. (Passing
@@ -71,31 +72,6 @@ _OPTIONS = {  # name: (type, default)
     "connect_timeout": (float, 2.0),
     "retries": (int, 1),
 }
-
-
-def _to_bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _convert(name, typ, value):
-    try:
-        return _to_bool(value) if typ is bool else typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"broker option {name}={value!r} is not a valid {typ.__name__}") from exc
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for error messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 def _text(v) -> str:
@@ -156,7 +132,7 @@ class RedisStreamsBroker(Broker):
         if unknown:
             raise TypeError(f"unknown Redis broker option(s): {sorted(unknown)}")
         ours.update(options)
-        cfg = {name: (_convert(name, typ, ours[name]) if name in ours and ours[name] is not None
+        cfg = {name: (convert_option(name, typ, ours[name]) if name in ours and ours[name] is not None
                       else default)
                for name, (typ, default) in _OPTIONS.items()}
         client_url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(passthrough),
