@@ -24,9 +24,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from servers import RedisServer, TansuServer  # noqa: E402
+from deploy.local_servers import RedisServer, TansuServer  # noqa: E402
 
 KAFKA_GROUP_OPTS = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000)
 

@@ -15,6 +15,15 @@ are passed to the gateway. Locust runs in its own process (it monkey-patches wit
 gateway's are sampled with psutil and reported per step. At the end: spans/ parts are merged into
 spans.parquet, config.json says what ran, and ``analysis/breakdown.py`` prints and writes the report.
 
+Brokers between the two DNNs: ``--broker memory://|redis://HOST:PORT|kafka://HOST:PORT`` is passed
+to the gateway; ``--broker redis://local`` / ``kafka://local`` first starts a redis-server / tansu
+on a free loopback port (``deploy/local_servers.py``, log in RUN_DIR/logs) and stops it by PID at
+the end. ``--worker-processes N`` starts N ``python -m pipelines.worker`` processes (logs in
+RUN_DIR/logs/worker-I.log; classifier options are taken from the gateway options) and the gateway
+with ``--workers 0``. The gateway's ``GET /v1/stats`` is sampled every ``--depth-interval`` s into
+RUN_DIR/broker_depth.parquet (time_ns, topic, depth); the CPU of the workers and of the local
+broker server into process_cpu.parquet and config.json (``process_cpu``).
+
 With ``--host`` (a gateway you started), no gateway CPU is recorded and spans are collected only if
 that gateway writes them to RUN_DIR/spans (``--spans-dir``); parts flushed after the merge are still
 read by the report.
@@ -368,6 +377,17 @@ def parse_args(argv: list[str] | None):
                     help="argument for the gateway (repeatable), e.g. --gateway-arg=--k=4")
     ap.add_argument("--gateway-command", default=f"{shlex.quote(sys.executable)} -m pipelines.gateway",
                     help="how to start the gateway (default: this Python, -m pipelines.gateway)")
+    ap.add_argument("--broker", default=None,
+                    help="broker between the stages: memory:// | redis://HOST:PORT | "
+                         "kafka://HOST:PORT | redis://local | kafka://local (local: start a "
+                         "server here); default: the gateway's own (memory://)")
+    ap.add_argument("--worker-processes", type=int, default=0,
+                    help="start N classifier worker processes (gateway --workers 0); needs a "
+                         "redis:// or kafka:// broker")
+    ap.add_argument("--worker-arg", action="append", default=[],
+                    help="extra argument for every worker process (repeatable)")
+    ap.add_argument("--depth-interval", type=float, default=1.0,
+                    help="seconds between broker queue-depth samples (0: off)")
     ap.add_argument("--manifest", default=None,
                     help="use this corpus manifest JSON instead of building the corpus")
     ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
@@ -382,7 +402,71 @@ def parse_args(argv: list[str] | None):
     args.gateway_args = [*extra, *args.gateway_arg]
     if bool(args.arrivals) != bool(args.rates):
         ap.error("open loop needs both --arrivals and --rates")
+    if args.host and (args.broker or args.worker_processes):
+        ap.error("--broker/--worker-processes start things: not with --host")
+    if args.worker_processes < 0:
+        ap.error("--worker-processes must be >= 0")
+    if args.worker_processes and (args.broker or "memory://").startswith("memory"):
+        ap.error("--worker-processes needs a broker outside the gateway: --broker redis://local, "
+                 "kafka://local, redis://HOST:PORT or kafka://HOST:PORT (memory:// lives inside "
+                 "the gateway process)")
     return args
+
+
+def _with_query(url: str, **opts) -> str:
+    """``url`` with ``opts`` added to its query string unless already there."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    q = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for k, v in opts.items():
+        q.setdefault(k, str(v))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(q), parts.fragment))
+
+
+def worker_options(gateway_args: list[str]) -> list[str]:
+    """The classifier options of the gateway, as ``pipelines.worker`` arguments."""
+    from pipelines.settings import GatewaySettings
+
+    ns, _ = GatewaySettings.parser().parse_known_args(gateway_args)
+    out = ["--classifier", ns.classifier, "--backend", ns.backend, "--preprocessor",
+           ns.preprocessor, "--intra-op-threads", str(ns.intra_op_threads),
+           "--batch", str(ns.worker_batch if ns.worker_batch is not None else ns.max_batch),
+           "--max-delay-ms", f"{ns.max_delay_ms:g}"]
+    if ns.models_dir:
+        out += ["--models-dir", ns.models_dir]
+    return out
+
+
+class DepthSampler:
+    """A thread polling the gateway's ``GET /v1/stats`` (``broker.depth`` per topic)."""
+
+    def __init__(self, host: str, interval_s: float):
+        import threading
+
+        self.host, self.interval_s = host, interval_s
+        self.rows: list[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="depth-sampler", daemon=True)
+
+    def start(self) -> "DepthSampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                st = http_get_json(self.host + "/v1/stats", timeout=max(2.0, self.interval_s))
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            b = st.get("broker") or {}
+            t = int(st.get("time_ns") or time.time_ns())
+            for topic, depth in (b.get("depth") or {}).items():
+                self.rows.append((t, str(b.get("name")), topic, int(depth)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 @dataclass
@@ -393,6 +477,10 @@ class Sweep:
     schedule: StepSchedule = None
     gateway: Child | None = None
     locust: Child | None = None
+    workers: list = field(default_factory=list)
+    broker_server: object = None
+    depth: DepthSampler | None = None
+    proc_samples: list = field(default_factory=list)
     samples: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
@@ -449,7 +537,8 @@ class Sweep:
             port = free_port()
             host = f"http://127.0.0.1:{port}"
             cmd = [*shlex.split(a.gateway_command), "--host", "127.0.0.1", "--port", str(port),
-                   "--spans-dir", str(self.run.spans_parts.resolve()), *a.gateway_args]
+                   "--spans-dir", str(self.run.spans_parts.resolve()), *a.gateway_args,
+                   *self.start_broker_and_workers()]
             self.gateway = Child("gateway", cmd, self.run.logs / "gateway.log").start()
             self.config["gateway_command"] = cmd
             self.config["gateway_process"] = {"pid": self.gateway.pid}
@@ -464,7 +553,64 @@ class Sweep:
         write_config(self.run.path, self.config)
         return host
 
+    def start_broker_and_workers(self) -> list[str]:
+        """Start a local broker server and the worker processes if asked; return the gateway
+        arguments they need (after the user's, so they win)."""
+        a = self.args
+        if not a.broker:
+            return []
+        url = a.broker
+        broker = {"requested": url}
+        from deploy.local_servers import is_local_url
+
+        if is_local_url(url):
+            from deploy.local_servers import ServerFailed, ServerMissing, start_local
+
+            try:
+                self.broker_server, url = start_local(url, self.run.logs)
+            except (ServerMissing, ServerFailed) as exc:
+                raise SweepError(f"could not start the local broker for {a.broker}: {exc}") from None
+            broker.update(local=True, pid=self.broker_server.pid, server=self.broker_server.name,
+                          log=str(self.broker_server.log_path))
+            print(f"sweep: started {self.broker_server.name} (pid {self.broker_server.pid}) at "
+                  f"{url}", file=sys.stderr)
+        gw_url = _with_query(url, lag_groups="classifiers") if url.startswith("kafka") else url
+        from brokers.redis_streams import redact_url
+
+        broker.update(url=redact_url(url), gateway_url=redact_url(gw_url))
+        self.config["broker"] = broker
+        args = ["--broker", gw_url]
+        n = a.worker_processes
+        self.config["workers"] = {"processes": n, "in_gateway": None if n == 0 else 0}
+        if n:
+            wargs = [*worker_options(a.gateway_args), *a.worker_arg]
+            for i in range(n):
+                cmd = [sys.executable, "-m", "pipelines.worker", "--broker", url,
+                       "--name", f"sweep-worker-{i}", *wargs]
+                self.workers.append(Child(f"worker-{i}", cmd, self.run.logs / f"worker-{i}.log").start())
+            self.config["workers"].update(command=[w.cmd for w in self.workers],
+                                          pids=[w.pid for w in self.workers])
+            deadline = time.monotonic() + a.startup_timeout
+            for w in self.workers:
+                while "consuming" not in w.log.read_text(errors="replace"):
+                    if not w.alive() or time.monotonic() > deadline:
+                        raise SweepError(f"{w.name} did not start (code {w.proc.returncode}); last "
+                                         f"lines of {w.log}:\n{log_tail(w.log)}")
+                    time.sleep(0.1)
+            print(f"sweep: {n} worker process(es) consuming from {redact_url(url)}", file=sys.stderr)
+            args += ["--workers", "0"]
+        write_config(self.run.path, self.config)
+        return args
+
+    def extra_pids(self) -> dict:
+        out = {w.name: w.pid for w in self.workers if w.alive()}
+        if self.broker_server is not None and self.broker_server.running():
+            out["broker-" + self.broker_server.name] = self.broker_server.pid
+        return out
+
     def run_locust(self, host: str) -> None:
+        if self.args.depth_interval > 0:
+            self.depth = DepthSampler(host, self.args.depth_interval).start()
         s = self.schedule
         spec = ",".join(f"{u}:{sec:g}" for u, sec in s.steps)
         cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
@@ -497,6 +643,12 @@ class Sweep:
                 lc = cpu_seconds(self.locust.pid)
                 gc = cpu_seconds(self.gateway.pid) if self.gateway else None
                 self.samples.append((now, lc, gc))
+                for name, pid in self.extra_pids().items():
+                    self.proc_samples.append((now, name, cpu_seconds(pid)))
+                for w in self.workers:
+                    if not w.alive():
+                        raise SweepError(f"{w.name} died during the sweep (code {w.proc.returncode}); "
+                                         f"last lines of {w.log}:\n{log_tail(w.log)}")
                 state = read_json(self.run.locust_progress, {}) or {}
                 progress.update(state, time.monotonic() - t0)
                 if self.gateway is not None and not self.gateway.alive():
@@ -533,6 +685,21 @@ class Sweep:
                 (("time_ns", "int64"), ("locust_cpu_s", "float64"), ("gateway_cpu_s", "float64"))),
                 self.run.cpu)
         cpu = cpu_per_step(self.samples, steps)
+        if self.depth is not None:
+            self.depth.stop()
+            write_parquet_atomic(table_from_rows(self.depth.rows, (
+                ("time_ns", "int64"), ("broker", "string"), ("topic", "string"),
+                ("depth", "int64"))), self.run.path / "broker_depth.parquet")
+        if self.proc_samples:
+            write_parquet_atomic(table_from_rows(self.proc_samples, (
+                ("time_ns", "int64"), ("process", "string"), ("cpu_s", "float64"))),
+                self.run.path / "process_cpu.parquet")
+            per = {}
+            for name in sorted({n for _, n, _ in self.proc_samples}):
+                pts = [(t, None, c) for t, n, c in self.proc_samples if n == name]
+                per[name] = [{"step": c["step"], "users": c["users"], "cores": c["gateway_cores"]}
+                             for c in cpu_per_step(pts, steps)]
+            self.config["process_cpu"] = per
         self.config["steps"] = [{k: int(v) for k, v in s.items()} for s in steps]
         self.config["load_generator_cpu"] = cpu
         self.config.setdefault("locust", {}).update(final=read_json(self.run.locust_final),
@@ -553,9 +720,15 @@ class Sweep:
         meanwhile); keep what an interrupted or failed run recorded, marked with its status."""
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        for child, timeout in ((self.locust, 15), (self.gateway, self.args.stop_timeout)):
+        if self.depth is not None:
+            self.depth.stop()
+        for child, timeout in ((self.locust, 15), (self.gateway, self.args.stop_timeout),
+                               *((w, 10) for w in self.workers)):
             if child is not None and child.proc is not None and child.proc.returncode is None:
                 child.stop(timeout)
+        if self.broker_server is not None:
+            self.broker_server.stop()   # by PID
+            self.config.setdefault("broker", {})["stopped"] = True
         if not self.run.config.exists() or status == "complete":
             return
         try:
@@ -593,6 +766,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{sweep.schedule.total_seconds:.0f} s, logs in {sweep.run.logs}", file=sys.stderr)
         sweep.run_locust(host)
         sweep.stop_gateway()
+        for w in sweep.workers:
+            w.stop(10)
+        if sweep.broker_server is not None:
+            sweep.broker_server.stop()   # by PID
+            sweep.config.setdefault("broker", {})["stopped"] = True
         sweep.finish()
         status = "complete"
     except SweepError as exc:

@@ -8,7 +8,8 @@ Endpoints
                       504 crops not classified in time, 502 classifier failed, 500 unexpected.
   ``GET /healthz``    200 ``{"status": "ok", models, broker}`` once the models are loaded, else 503.
   ``GET /v1/config``  effective settings, versions, models, machine (for a run's config.json).
-  ``GET /v1/stats``   in-flight requests, late/duplicate results, worker counters.
+  ``GET /v1/stats``   in-flight requests, late/duplicate results, worker counters, broker depth
+                      per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown).
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
 recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
@@ -157,6 +158,13 @@ class Gateway:
         return self.pipeline.process(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
+    DEPTH_TOPICS = ("crops", "results", "crops.dlq")
+
+    def broker_stats(self) -> dict:
+        """Broker name and messages waiting per topic (``-1``: unknown / unreachable)."""
+        b = self.broker
+        return {"name": b.name, "depth": {t: b.depth(t) for t in self.DEPTH_TOPICS}}
+
     def health(self) -> tuple[int, dict]:
         if self.load_error:
             return 503, {"status": "error", "error": self.load_error}
@@ -229,7 +237,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/v1/stats")
     async def stats():
-        return JSONResponse({"spans_buffered": len(gw.recorder),
+        broker = None
+        if gw.broker is not None and gw.ready.is_set():
+            # depth may be a round trip (Redis XLEN, Kafka offsets): off the event loop
+            broker = await asyncio.get_running_loop().run_in_executor(None, gw.broker_stats)
+        return JSONResponse({"spans_buffered": len(gw.recorder), "time_ns": now_ns(),
+                             "broker": broker,
                              "pipeline": gw.pipeline.stats() if gw.pipeline else None})
 
     @app.post("/v1/infer")
