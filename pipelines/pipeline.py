@@ -227,7 +227,9 @@ class TwoStagePipeline:
         x = self.pre.normalize(x, self.det_norm)
         t3 = now_ns()
         span("normalize", t2, t3)
-        r = self.detector.infer(x)
+        r = self.detector.infer(x, request_id=rid)
+        for comp, s0, s1, attrs in getattr(r, "spans", None) or ():
+            span(comp, s0, s1, attrs)  # what the backend measured itself (Triton: client serialize)
         span("queue", r.enqueue_ns, r.start_ns)
         span("inference", r.start_ns, r.end_ns, {"batch": r.batch_size})
         t4 = now_ns()

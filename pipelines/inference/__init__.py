@@ -25,8 +25,9 @@ class InferenceBackend(ABC):
     input_hw: tuple[int, int] = (0, 0)
 
     @abstractmethod
-    def infer(self, x: np.ndarray) -> InferResult:
-        """One item (shaped like the model input without the batch dim); blocking."""
+    def infer(self, x: np.ndarray, request_id: str | None = None) -> InferResult:
+        """One item (shaped like the model input without the batch dim); blocking.
+        ``request_id`` is passed on to servers that take one (Triton's request id)."""
 
     @abstractmethod
     def infer_batch(self, batch: np.ndarray) -> InferResult:
@@ -51,7 +52,7 @@ class EmbeddedBackend(InferenceBackend):
         self.session = OrtSession(model_info.onnx_path, intra_op_threads, inter_op_threads)
         self.batcher = MicroBatcher(self.session, max_batch=max_batch, max_delay_ms=max_delay_ms)
 
-    def infer(self, x: np.ndarray) -> InferResult:
+    def infer(self, x: np.ndarray, request_id: str | None = None) -> InferResult:
         return self.batcher.infer(x)
 
     def infer_batch(self, batch: np.ndarray) -> InferResult:
