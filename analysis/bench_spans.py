@@ -13,6 +13,7 @@ seconds (psutil). It only measures; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -56,6 +57,23 @@ def drive(url: str, data: bytes, n: int, concurrency: int) -> tuple[float, list[
     return time.perf_counter() - t0, latencies, errors
 
 
+def span_cost_us(n: int = 20000) -> float:
+    """CPU microseconds to record one span with attrs and flush it to Parquet, measured here."""
+    import pyarrow.parquet as pq
+
+    from pipelines.spans import SpanRecorder, spans_to_table
+
+    pq.write_table(spans_to_table([("r", "s", "c", 0, 1, None)]), tempfile.mktemp(suffix=".parquet"))
+    rec = SpanRecorder()
+    t0 = time.process_time()
+    for i in range(n):
+        rec.record("0123456789abcdef0123456789abcdef", "classify", "inference", i, i + 1, {"crop": 3})
+    path = tempfile.mktemp(suffix=".parquet")
+    pq.write_table(spans_to_table(rec.drain()), path)
+    os.unlink(path)
+    return (time.process_time() - t0) / n * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6, help="rounds per server")
@@ -69,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-arg", action="append", default=[],
                     help="extra gateway argument for both servers (repeatable)")
     ap.add_argument("--workdir", default=None, help="logs and spans (default: a temp dir)")
+    ap.add_argument("--control", action="store_true",
+                    help="A/A control: both servers without spans, to see this machine's noise floor")
     args = ap.parse_args(argv)
 
     import psutil
@@ -86,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
               "--models-dir", str(Path(det.onnx_path).parent.parent), "--intra-op-threads", "1",
               "--threads", "4", "--workers", "1", "--log-level", "warning", *args.gateway_arg]
     servers = {
-        "spans on": GatewayProcess(common + ["--spans-dir", str(work / "spans")],
+        "spans on": GatewayProcess(common + (["--no-spans"] if args.control else
+                                             ["--spans-dir", str(work / "spans")]),
                                    work / "gateway-spans-on.log"),
         "spans off": GatewayProcess(common + ["--no-spans"], work / "gateway-spans-off.log"),
     }
@@ -125,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cpu[k]:7.1f} {cpu[k] / total * 1e3:10.2f} {errs[k]:6d}")
         ratio = (total / wall["spans on"]) / (total / wall["spans off"])
         cpu_ratio = cpu["spans on"] / cpu["spans off"] if cpu["spans off"] else float("nan")
-        print(f"\nthroughput ratio on/off = {ratio:.3f} (target >= 0.98); "
+        pairs = sorted(a / b for a, b in zip(per_round["spans on"], per_round["spans off"]))
+        print(f"\n{'A/A CONTROL (both without spans): ' if args.control else ''}"
+              f"throughput ratio on/off = {ratio:.3f} (target >= 0.98); median of per-round "
+              f"ratios {statistics.median(pairs):.3f} (range {pairs[0]:.3f}..{pairs[-1]:.3f}); "
               f"CPU per request on/off = {cpu_ratio:.3f}")
+        print(f"recording cost in this process: {span_cost_us():.1f} us per span "
+              f"(record + Arrow table + Parquet write)")
         parts = sorted((work / "spans").glob("*.parquet"))
         print(f"spans on: {len(parts)} parquet part(s) in {work / 'spans'} so far "
               f"(the last flush happens at shutdown)")
