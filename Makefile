@@ -23,6 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	@bash scripts/ensure_servers.sh $(BIN)/python
 	@bash scripts/ensure_triton.sh $(BIN)/python
+	@bash scripts/ensure_compose.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:

@@ -6,6 +6,7 @@
     overhead report RUN_DIR  python analysis/breakdown.py RUN_DIR
     overhead models ...      python -m pipelines.models ...
     overhead corpus ...      python -m pipelines.corpus ...
+    overhead up ...          python -m deploy.local ...  (the Compose topology without Docker)
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ SUBCOMMANDS = {
     "models": "pipelines.models",
     "corpus": "pipelines.corpus",
     "report": "analysis.breakdown",
+    "up": "deploy.local",
 }
 
 # The demo: the two-DNN pipeline on the embedded default (ONNX Runtime in-process, memory broker),
