@@ -123,6 +123,9 @@ class Gateway:
             if s.backend == "triton":
                 from pipelines.inference.triton import set_default_url
                 set_default_url(s.triton_url)
+            elif s.backend == "tfserving":
+                from pipelines.inference.tfserving import set_default_url as set_tfs_url
+                set_tfs_url(s.tfserving_url)
             self.pipeline = TwoStagePipeline(
                 det, cls, pre, self.broker, self.recorder, k=s.k, score_threshold=s.score_threshold,
                 iou_threshold=s.iou_threshold, intra_op_threads=s.intra_op_threads,

@@ -231,7 +231,9 @@ class TwoStagePipeline:
         for comp, s0, s1, attrs in getattr(r, "spans", None) or ():
             span(comp, s0, s1, attrs)  # what the backend measured itself (Triton: client serialize)
         span("queue", r.enqueue_ns, r.start_ns)
-        span("inference", r.start_ns, r.end_ns, {"batch": r.batch_size})
+        srid = getattr(r, "request_id", None)   # a server's request id: its trace joins on it
+        span("inference", r.start_ns, r.end_ns,
+             {"batch": r.batch_size, "server_rid": srid} if srid else {"batch": r.batch_size})
         t4 = now_ns()
         src_hw = tuple(info.get("src_hw") or (probe.height, probe.width))
         pp = postprocess(r.outputs[self.boxes_name], r.outputs[self.scores_name], img, src_hw,

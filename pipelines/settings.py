@@ -16,6 +16,7 @@ class GatewaySettings:
     models_dir: str | None = None
     backend: str = "embedded"
     triton_url: str | None = None
+    tfserving_url: str | None = None
     broker: str = "memory://"
     preprocessor: str = "opencv"
     reduced: str = "auto"
@@ -63,10 +64,14 @@ class GatewaySettings:
         a("--detector", default=default("detector"), help="detector model name")
         a("--classifier", default=default("classifier"), help="classifier model name")
         a("--models-dir", default=default("models_dir"), help="model cache directory")
-        a("--backend", default=default("backend"), help="inference backend (embedded | triton)")
+        a("--backend", default=default("backend"),
+      help="inference backend (embedded | triton | tfserving)")
         a("--triton-url", default=default("triton_url"),
           help="Triton server for --backend triton: http://host:port (default "
                "http://127.0.0.1:8000) or grpc://host:port")
+        a("--tfserving-url", default=default("tfserving_url"),
+          help="TF Serving for --backend tfserving: http://host:port (REST, default "
+               "http://127.0.0.1:8501) or grpc://host:port")
         a("--broker", default=default("broker"), help="broker URL, e.g. memory://?maxsize=1024")
         a("--preprocessor", default=default("preprocessor"), help="opencv | pil | simplejpeg | dali")
         a("--reduced", default=default("reduced"), choices=("auto", "off"),

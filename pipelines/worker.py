@@ -173,7 +173,9 @@ class ClassifierWorker:
         if items:
             error = None
             try:
-                r = self.backend.infer_batch(np.stack([it[3] for it in items]))
+                # server request id (Triton trace join): "<rid>:<crop>", "|"-joined for a batch
+                srid = "|".join(f"{it[1].request_id}:{it[1].index}" for it in items)
+                r = self.backend.infer_batch(np.stack([it[3] for it in items]), request_id=srid)
                 probs = r.outputs[self.output_name]
                 self.batches += 1
             except Exception as exc:  # noqa: BLE001 - reported to the gateway, worker goes on
@@ -187,8 +189,10 @@ class ClassifierWorker:
                     extra = {"label": self.labels[cid] if cid < len(self.labels) else str(cid),
                              "class_id": cid, "score": float(p[cid])}
                     spans.append(["classify", "queue", ready, r.start_ns, {"crop": msg.index}])
-                    spans.append(["classify", "inference", r.start_ns, r.end_ns,
-                                  {"crop": msg.index, "batch": r.batch_size}])
+                    ia = {"crop": msg.index, "batch": r.batch_size}
+                    if getattr(r, "request_id", None):
+                        ia["server_rid"] = r.request_id
+                    spans.append(["classify", "inference", r.start_ns, r.end_ns, ia])
                 else:
                     extra = {"error": error}
                 extra["worker"] = self.name
@@ -233,6 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", default="mobilenetv2", help="model name (pipelines.models)")
     p.add_argument("--models-dir", default=None, help="model cache directory")
     p.add_argument("--backend", default="embedded", help="inference backend (pipelines.inference)")
+    p.add_argument("--triton-url", default=None,
+                   help="--backend triton: http://host:port or grpc://host:port")
+    p.add_argument("--tfserving-url", default=None,
+                   help="--backend tfserving: http://host:port (REST) or grpc://host:port")
     p.add_argument("--preprocessor", default="opencv")
     p.add_argument("--intra-op-threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=1, help="max crops per classifier call")
@@ -261,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.preprocess import get_preprocessor
 
     info = ensure_model(args.classifier, models_dir=args.models_dir)
-    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads)
+    opts = {}
+    if args.backend == "triton" and args.triton_url:
+        opts["url"] = args.triton_url
+    elif args.backend == "tfserving" and args.tfserving_url:
+        opts["url"] = args.tfserving_url
+    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads, **opts)
     broker = open_broker(args.broker)
     recorder = flusher = None
     if args.spans_dir:

@@ -262,3 +262,49 @@ def test_gateway_with_the_triton_backend_serves_end_to_end(triton_server, triton
         assert d["box"] == p.tolist() and d["score"] == pytest.approx(float(s), abs=1e-5)
         assert d["class_id"] == int(np.argmax(probs))
         assert d["label_score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+# -- the sweep with --server triton: Triton's own clocks in the run's spans -------------------
+def test_sweep_server_triton_joins_the_trace_into_spans(tmp_path):
+    """A short REAL sweep: the sweep writes the repository, starts tritonserver with tracing, the
+    gateway calls it over gRPC; at the end each Triton call's round trip becomes transfer / queue /
+    inference from Triton's trace (both stages), stats are cross-checked, the report names the
+    server per stage, and nothing is left running."""
+    import json
+
+    import pandas as pd
+    import psutil
+
+    require_triton()
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "loadtest.sweep", "--out", str(out), "--users", "1",
+           "--step-seconds", "3", "--warmup-seconds", "0.5", "--sizes", "0.1MP",
+           "--min-requests", "1", "--server", "triton", "--k", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Triton trace vs /v2/models/*/stats" in proc.stderr
+    cfg = json.loads((out / "config.json").read_text())
+    sv = cfg["serving"]
+    assert sv["server"] == "triton" and sv["stages"]["detect"]["server"] == "triton"
+    assert sv["stages"]["classify"]["model"] == "mobilenetv2"
+    assert cfg["gateway"]["pipeline"]["detector"]["backend"] == "triton"
+    assert sv["join"]["detect"]["joined"] > 0 and sv["join"]["detect"]["missing"] == 0
+    assert sv["join"]["classify"]["joined"] > 0 and sv["join"]["classify"]["missing"] == 0
+    for m in ("ssd_mobilenetv2", "mobilenetv2"):
+        cc = sv["cross_check"][m]
+        assert cc["trace_requests"] == cc["stats_requests"] > 0
+        assert cc["trace_compute_ms"] == pytest.approx(cc["stats_compute_ms"], rel=0.25, abs=1.0)
+    assert (out / "triton" / "stats.json").exists() and (out / "logs" / "tritonserver.log").exists()
+    spans = pd.read_parquet(out / "spans.parquet")
+    tr = spans[spans["attrs"].fillna("").str.contains('"source":"triton-trace"')]
+    for stage in ("detect", "classify"):
+        comps = set(tr.loc[tr["stage"] == stage, "component"])
+        assert {"transfer", "queue", "inference"} <= comps, (stage, comps)
+        # no client round trip inference span is left for a joined call
+        inf = spans[(spans["stage"] == stage) & (spans["component"] == "inference")]
+        assert inf["attrs"].str.contains("triton-trace").all()
+    assert (tr["end_ns"] >= tr["start_ns"]).all()
+    report = (out / "report.md").read_text()
+    assert "## Serving" in report and "| detect | triton | ssd_mobilenetv2 |" in report
+    assert not psutil.pid_exists(sv["pid"]) or \
+        psutil.Process(sv["pid"]).status() == psutil.STATUS_ZOMBIE

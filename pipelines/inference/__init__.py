@@ -5,9 +5,9 @@ returns an ``InferResult`` (this item's output rows, enqueue/start/end ns, batch
 ``infer_batch(batch)`` runs a formed batch. Callers record ``queue`` (enqueue -> start) and
 ``inference`` (start -> end, ``{"batch": n}``) spans from it.
 
-``embedded`` (ONNX Runtime in-process) and ``triton`` (a Triton server client, see
-``pipelines/inference/triton.py``); other clients (TF Serving) register here with the same
-interface (``register_backend``).
+``embedded`` (ONNX Runtime in-process), ``triton`` (a Triton server client, see
+``pipelines/inference/triton.py``) and ``tfserving`` (TF Serving REST/gRPC client,
+``pipelines/inference/tfserving.py``); others register here with ``register_backend``.
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ class InferenceBackend(ABC):
         ``request_id`` is passed on to servers that take one (Triton's request id)."""
 
     @abstractmethod
-    def infer_batch(self, batch: np.ndarray) -> InferResult:
-        """A formed batch ``[n, ...]``; outputs keep the batch dim."""
+    def infer_batch(self, batch: np.ndarray, request_id: str | None = None) -> InferResult:
+        """A formed batch ``[n, ...]``; outputs keep the batch dim. ``request_id``: as for
+        ``infer`` (a server's request id, e.g. ``"<rid>:<crop>|..."`` from the worker)."""
 
     def describe(self) -> dict:
         return {"backend": self.kind, "model": self.model_name}
@@ -55,7 +56,7 @@ class EmbeddedBackend(InferenceBackend):
     def infer(self, x: np.ndarray, request_id: str | None = None) -> InferResult:
         return self.batcher.infer(x)
 
-    def infer_batch(self, batch: np.ndarray) -> InferResult:
+    def infer_batch(self, batch: np.ndarray, request_id: str | None = None) -> InferResult:
         return self.batcher.infer_batch(batch)
 
     def describe(self) -> dict:
@@ -78,8 +79,17 @@ def _triton_backend(model_info, **opts) -> InferenceBackend:
     return TritonBackend(model_info, **opts)
 
 
+def _tfserving_backend(model_info, **opts) -> InferenceBackend:
+    """``tfserving``: a TF Serving client (``pipelines/inference/tfserving.py``, imported lazily).
+    Options: ``url`` (http://h:p REST, grpc://h:p gRPC), ``rest_format`` ("instances" | "inputs"),
+    ``timeout_s``, ``model_version``; embedded-only options are ignored."""
+    from pipelines.inference.tfserving import TFServingBackend
+    return TFServingBackend(model_info, **opts)
+
+
 _BACKENDS: dict[str, Callable[..., InferenceBackend]] = {"embedded": EmbeddedBackend,
-                                                         "triton": _triton_backend}
+                                                         "triton": _triton_backend,
+                                                         "tfserving": _tfserving_backend}
 
 
 def register_backend(kind: str, factory: Callable[..., InferenceBackend]) -> None:
