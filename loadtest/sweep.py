@@ -24,6 +24,10 @@ with ``--workers 0``. The gateway's ``GET /v1/stats`` is sampled every ``--depth
 RUN_DIR/broker_depth.parquet (time_ns, topic, depth); the CPU of the workers and of the local
 broker server into process_cpu.parquet and config.json (``process_cpu``).
 
+``--locust-workers N``: Locust runs as a headless master (the shape) plus N ``--worker`` processes
+(logs in RUN_DIR/logs/locust-worker-I.log); the workers send their records to the master, which
+writes requests.parquet; the generator's CPU is the sum of all of them.
+
 With ``--host`` (a gateway you started), no gateway CPU is recorded and spans are collected only if
 that gateway writes them to RUN_DIR/spans (``--spans-dir``); parts flushed after the merge are still
 read by the report.
@@ -381,6 +385,8 @@ def parse_args(argv: list[str] | None):
                     help="broker between the stages: memory:// | redis://HOST:PORT | "
                          "kafka://HOST:PORT | redis://local | kafka://local (local: start a "
                          "server here); default: the gateway's own (memory://)")
+    from deploy.triton.sweep_server import add_arguments as add_server_arguments
+    add_server_arguments(ap)   # --server triton (and its --triton-* options)
     ap.add_argument("--worker-processes", type=int, default=0,
                     help="start N classifier worker processes (gateway --workers 0); needs a "
                          "redis:// or kafka:// broker")
@@ -394,6 +400,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--stop-timeout", type=float, default=30.0,
                     help="seconds to wait after SIGTERM before SIGKILL")
     ap.add_argument("--sample-interval", type=float, default=0.5, help="CPU sampling period (s)")
+    ap.add_argument("--locust-workers", type=int, default=0,
+                    help="distributed load: a Locust master plus N worker processes on this "
+                         "machine (each keeps its records and sends them to the master at the end)")
     ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
     ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
     args, extra = ap.parse_known_args(argv)
@@ -402,8 +411,15 @@ def parse_args(argv: list[str] | None):
     args.gateway_args = [*extra, *args.gateway_arg]
     if bool(args.arrivals) != bool(args.rates):
         ap.error("open loop needs both --arrivals and --rates")
+    if args.host and args.server == "triton":
+        ap.error("--server triton starts a server and the gateway: not with --host")
     if args.host and (args.broker or args.worker_processes):
         ap.error("--broker/--worker-processes start things: not with --host")
+    if args.locust_workers < 0:
+        ap.error("--locust-workers must be >= 0")
+    if args.locust_workers and (args.arrivals or args.stability_max_seconds):
+        ap.error("--locust-workers: open loop and --stability-max-seconds need the records in the "
+                 "process that runs the shape; use one Locust process for them")
     if args.worker_processes < 0:
         ap.error("--worker-processes must be >= 0")
     if args.worker_processes and (args.broker or "memory://").startswith("memory"):
@@ -435,6 +451,10 @@ def worker_options(gateway_args: list[str]) -> list[str]:
            "--max-delay-ms", f"{ns.max_delay_ms:g}"]
     if ns.models_dir:
         out += ["--models-dir", ns.models_dir]
+    if ns.triton_url:
+        out += ["--triton-url", ns.triton_url]
+    if ns.tfserving_url:
+        out += ["--tfserving-url", ns.tfserving_url]
     return out
 
 
@@ -477,9 +497,11 @@ class Sweep:
     schedule: StepSchedule = None
     gateway: Child | None = None
     locust: Child | None = None
+    locust_workers: list = field(default_factory=list)
     workers: list = field(default_factory=list)
     broker_server: object = None
     depth: DepthSampler | None = None
+    serving: object = None           # deploy.triton.sweep_server.ManagedTriton (--server triton)
     proc_samples: list = field(default_factory=list)
     samples: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -536,6 +558,8 @@ class Sweep:
         else:
             port = free_port()
             host = f"http://127.0.0.1:{port}"
+            if a.server == "triton":
+                self.start_serving()
             cmd = [*shlex.split(a.gateway_command), "--host", "127.0.0.1", "--port", str(port),
                    "--spans-dir", str(self.run.spans_parts.resolve()), *a.gateway_args,
                    *self.start_broker_and_workers()]
@@ -552,6 +576,37 @@ class Sweep:
         self.config["run"].update(host=host, managed_gateway=self.gateway is not None)
         write_config(self.run.path, self.config)
         return host
+
+    def start_serving(self) -> None:
+        """--server triton: repository + tritonserver (trace on); gateway/worker arguments."""
+        from deploy.triton.server import TritonServerError
+        from deploy.triton.sweep_server import ManagedTriton
+
+        a = self.args
+        self.serving = ManagedTriton(self.run.path, a.gateway_args, protocol=a.triton_protocol,
+                                     max_batch=a.triton_max_batch,
+                                     queue_delay_us=a.triton_queue_delay_us,
+                                     instances=a.triton_instances)
+        try:
+            self.serving.start()
+        except TritonServerError as exc:
+            raise SweepError(f"could not start tritonserver: {exc}") from None
+        a.gateway_args = [*a.gateway_args, *self.serving.gateway_args()]
+        self.config["serving"] = self.serving.info
+        print(f"sweep: started tritonserver (pid {self.serving.pid()}) at {self.serving.url}",
+              file=sys.stderr)
+
+    def stop_serving_and_join(self) -> None:
+        """After the gateway and workers stopped and spans.parquet is merged."""
+        if self.serving is None:
+            return
+        self.serving.stop()
+        self.config["serving"] = self.serving.join(self.run.path)
+        write_config(self.run.path, self.config)
+        cc = self.config["serving"].get("cross_check")
+        if cc:
+            from deploy.triton.sweep_server import format_cross_check
+            print(format_cross_check(cc), file=sys.stderr)
 
     def start_broker_and_workers(self) -> list[str]:
         """Start a local broker server and the worker processes if asked; return the gateway
@@ -606,6 +661,8 @@ class Sweep:
         out = {w.name: w.pid for w in self.workers if w.alive()}
         if self.broker_server is not None and self.broker_server.running():
             out["broker-" + self.broker_server.name] = self.broker_server.pid
+        if self.serving is not None and self.serving.pid():
+            out["tritonserver"] = self.serving.pid()
         return out
 
     def run_locust(self, host: str) -> None:
@@ -630,9 +687,25 @@ class Sweep:
                     "--overhead-max-in-flight", str(self.args.max_in_flight),
                     "--overhead-seed", str(self.args.seed)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
+        n = self.args.locust_workers
+        if n:
+            mport = free_port()
+            cmd += ["--master", "--expect-workers", str(n), "--master-bind-host", "127.0.0.1",
+                    "--master-bind-port", str(mport)]
         self.locust = Child("locust", cmd, self.run.logs / "locust.log", env=env).start()
         self.config["locust_command"] = cmd
         self.config["locust"] = {"pid": self.locust.pid}
+        if n:
+            for i in range(n):
+                wcmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker",
+                        "--master-host", "127.0.0.1", "--master-port", str(mport), "--loglevel", "INFO",
+                        "--overhead-manifest", str(self.run.corpus.resolve()),
+                        "--overhead-sizes", ",".join(self.sizes)]
+                self.locust_workers.append(Child(f"locust-worker-{i}", wcmd,
+                                                 self.run.logs / f"locust-worker-{i}.log", env=env).start())
+            self.config["locust"].update(workers=n, worker_pids=[w.pid for w in self.locust_workers],
+                                         worker_commands=[w.cmd for w in self.locust_workers])
+            self.config["load"]["locust_workers"] = n
         progress = Progress(s.total_seconds, len(s.steps))
         t0 = time.monotonic()
         extra = sum(max(self.args.stability_max_seconds - sec, 0.0) for _, sec in s.steps)
@@ -641,6 +714,9 @@ class Sweep:
             while self.locust.alive():
                 now = time.time_ns()
                 lc = cpu_seconds(self.locust.pid)
+                for w in self.locust_workers:  # distributed: the generator is master + workers
+                    wc = cpu_seconds(w.pid)
+                    lc = None if lc is None or wc is None else lc + wc
                 gc = cpu_seconds(self.gateway.pid) if self.gateway else None
                 self.samples.append((now, lc, gc))
                 for name, pid in self.extra_pids().items():
@@ -663,6 +739,8 @@ class Sweep:
             progress.close()
         code = self.locust.stop(15)
         self.config["locust"]["exit_code"] = code
+        if self.locust_workers:
+            self.config["locust"]["worker_exit_codes"] = [w.stop(10) for w in self.locust_workers]
         # Locust exits 1 when some requests failed: that is a result, not a crash.
         if code not in (0, 1) or not self.run.requests.exists():
             raise SweepError(f"Locust failed (exit code {code}); last lines of {self.locust.log}:\n"
@@ -722,13 +800,16 @@ class Sweep:
             signal.signal(sig, signal.SIG_IGN)
         if self.depth is not None:
             self.depth.stop()
-        for child, timeout in ((self.locust, 15), (self.gateway, self.args.stop_timeout),
+        for child, timeout in ((self.locust, 15), *((w, 10) for w in self.locust_workers),
+                               (self.gateway, self.args.stop_timeout),
                                *((w, 10) for w in self.workers)):
             if child is not None and child.proc is not None and child.proc.returncode is None:
                 child.stop(timeout)
         if self.broker_server is not None:
             self.broker_server.stop()   # by PID
             self.config.setdefault("broker", {})["stopped"] = True
+        if self.serving is not None and self.serving.server is not None:
+            self.serving.stop()         # by PID
         if not self.run.config.exists() or status == "complete":
             return
         try:
@@ -771,7 +852,10 @@ def main(argv: list[str] | None = None) -> int:
         if sweep.broker_server is not None:
             sweep.broker_server.stop()   # by PID
             sweep.config.setdefault("broker", {})["stopped"] = True
+        if sweep.serving is not None:
+            sweep.serving.stop()        # clients closed above: Triton writes its trace now
         sweep.finish()
+        sweep.stop_serving_and_join()
         status = "complete"
     except SweepError as exc:
         print(f"sweep: error: {exc}", file=sys.stderr)
@@ -796,6 +880,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{sweep.run.path}, retry with: python analysis/breakdown.py {sweep.run.path}",
               file=sys.stderr)
         return 1
+    if sweep.serving is not None:
+        from deploy.triton.sweep_server import serving_section
+        with open(rep.files["md"], "a", encoding="utf-8") as f:
+            f.write(serving_section(sweep.config.get("serving") or {}))
     print(f"run directory: {sweep.run.path}\nreport: {rep.files['md']}")
     return 0
 
