@@ -1,0 +1,181 @@
+"""Studies (analysis/studies/): pure functions on synthetic data, the planner against brute force,
+and each study's --smoke run writing its report files."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis.studies.fitting import detect_warmup, fit_linear, largest_batch_within
+from analysis.studies.planner import Instance, fewest_instances, most_images
+
+# ------------------------------------------------------------------ fitting / warm-up
+
+
+@pytest.mark.parametrize("a,c", [(4.9, 0.3), (25.0, 3.0), (0.8, 0.0)])
+def test_fit_recovers_known_line(a, c):
+    rng = np.random.default_rng(1)
+    b = np.repeat([1, 2, 4, 8, 16, 32], 10)
+    y = a * b + c + rng.normal(0, 0.02 * a, b.size)
+    f = fit_linear(b, y)
+    assert f.a == pytest.approx(a, rel=0.02)
+    assert f.c == pytest.approx(c, abs=0.05 * a + 0.05)
+    assert f.r2 > 0.999
+    assert f.max_batch_for(a * 10 + c + 1e-9) == 10
+
+
+def test_fit_exact_and_errors():
+    f = fit_linear([1, 2, 3], [3, 5, 7])
+    assert (f.a, f.c, f.r2) == (pytest.approx(2), pytest.approx(1), pytest.approx(1))
+    with pytest.raises(ValueError):
+        fit_linear([4, 4], [1, 2])
+
+
+def test_warmup_detection_with_injected_outliers():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for trial in range(200):
+        base = rng.uniform(1, 50)
+        runs = base * (1 + rng.normal(0, 0.03, 12))
+        nw = int(rng.integers(0, 3))
+        runs[:nw] = base * rng.uniform(1.6, 4, nw)
+        got = detect_warmup(runs, k=5)
+        hits += got == nw
+    assert hits >= 196           # robust: occasional 3% noise tails never, outliers always
+
+
+def test_warmup_rules():
+    assert detect_warmup([10, 10, 10, 10, 10]) == 0            # flat: MAD floor, nothing flagged
+    assert detect_warmup([30, 10, 10, 10, 10]) == 1
+    assert detect_warmup([30, 10, 10]) == 0                    # too few runs to judge
+    assert detect_warmup([10, 10, 10, 30, 10, 10]) == 0        # a later outlier is not warm-up
+    assert largest_batch_within({1: 5, 2: 9, 4: 20, 8: 11}, 10) == 2
+    assert largest_batch_within({1: 15}, 10) is None
+
+# ------------------------------------------------------------------ planner vs brute force
+
+
+def _rand_instances(rng, k):
+    return [Instance(f"i{j}", float(rng.uniform(0.5, 4)), float(rng.uniform(0, 3)),
+                     float(rng.uniform(0, 6)), int(rng.integers(1, 5))) for j in range(k)]
+
+
+def _brute_caps(inst, T, nmax):
+    """Every n (0..nmax) the instance can finish within T with some b (brute force)."""
+    ok = {0}
+    for n in range(1, nmax + 1):
+        for b in range(1, inst.max_batch + 1):
+            if inst.w + math.ceil(n / b) * (inst.a * b + inst.c) <= T + 1e-9:
+                ok.add(n)
+                break
+    return ok
+
+
+def test_planner_most_images_vs_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        insts = _rand_instances(rng, int(rng.integers(1, 4)))
+        T = float(rng.uniform(2, 30))
+        feas = [_brute_caps(i, T, 40) for i in insts]
+        best = max(sum(ns) for ns in itertools.product(*feas))
+        plan = most_images(insts, T)
+        assert plan.images == best
+        for inst, x in zip(insts, plan.assignments):
+            assert x.finish_ms <= T + 1e-9
+            if x.images:
+                assert 1 <= x.batch <= inst.max_batch and x.batches == math.ceil(x.images / x.batch)
+
+
+def test_planner_fewest_instances_vs_brute_force():
+    rng = np.random.default_rng(4)
+    checked_infeasible = checked_feasible = 0
+    for _ in range(60):
+        insts = _rand_instances(rng, int(rng.integers(1, 5)))
+        T = float(rng.uniform(2, 25))
+        N = int(rng.integers(1, 25))
+        feas = [_brute_caps(i, T, N) for i in insts]
+        best = None
+        for ns in itertools.product(*feas):
+            if sum(ns) == N:
+                used = sum(1 for n in ns if n > 0)
+                best = used if best is None else min(best, used)
+        plan = fewest_instances(insts, N, T)
+        if best is None:
+            assert not plan.feasible
+            checked_infeasible += 1
+            continue
+        checked_feasible += 1
+        assert plan.feasible and plan.used == best
+        assert sum(x.images for x in plan.assignments) == N
+        for inst, x in zip(insts, plan.assignments):
+            if x.images:
+                assert x.finish_ms <= T + 1e-9 and 1 <= x.batch <= inst.max_batch
+                assert x.finish_ms == pytest.approx(inst.w + x.batches * (inst.a * x.batch + inst.c))
+    assert checked_feasible >= 10 and checked_infeasible >= 3
+
+# ------------------------------------------------------------------ --smoke runs
+
+
+def _assert_report(out, csvs):
+    assert (out / "report.md").stat().st_size > 200
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resources"]["process_cpu_s"] >= 0
+    for c in csvs:
+        assert (out / c).exists(), c
+
+
+def test_batch_latency_and_planner_smoke(tmp_path):
+    from analysis.studies import batch_latency, planner
+    out = tmp_path / "bl"
+    assert batch_latency.main(["--smoke", "--out", str(out), "--models", "custom_cnn",
+                               "--batches", "1,2", "--repeats", "4"]) == 0
+    _assert_report(out, ["batch_latency.csv", "fits.csv", "runs.csv", "plots/batch_latency.png"])
+    pout = tmp_path / "pl"
+    assert planner.main(["--fits", str(out), "--deadline-ms", "100", "--images", "10",
+                         "--out", str(pout)]) == 0
+    _assert_report(pout, ["plan_fewest_instances.csv", "plan_most_images.csv"])
+
+
+def test_preprocessing_smoke(tmp_path):
+    from analysis.studies import preprocessing
+    out = tmp_path / "pp"
+    assert preprocessing.main(["--smoke", "--out", str(out), "--decoders", "opencv,pil"]) == 0
+    _assert_report(out, ["preprocessing.csv", "plots/preprocessing_stacked.png"])
+    import pandas as pd
+    df = pd.read_csv(out / "preprocessing.csv")
+    assert set(df["size"]) == {"0.1MP", "1MP", "8MP"} and len(df) == 12
+    assert ((df.of_ceiling > 0) & (df.of_ceiling <= 1)).all()
+
+
+def test_training_batch_smoke(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "tb"
+    # own process: TensorFlow stays out of the test process
+    r = subprocess.run([sys.executable, "-m", "analysis.studies.training_batch", "--smoke", "--out", str(out),
+                        "--mnist-batches", "64", "--cnn-batches", "8"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_report(out, ["training_batch.csv", "plots/training_batch.png"])
+    import pandas as pd
+    df = pd.read_csv(out / "training_batch.csv")
+    assert set(df.model) == {"mnist_cnn", "custom_cnn"}
+    assert df.test_accuracy.between(0, 1).all()
+
+
+def test_server_batching_smoke(tmp_path):
+    from deploy.triton.server import server_venv
+    assert (server_venv() / "bin" / "python").exists(), \
+        "Triton server venv missing: run scripts/ensure_triton.sh (make test does)"
+    from analysis.studies import server_batching
+    out = tmp_path / "sb"
+    assert server_batching.main(["--smoke", "--out", str(out), "--models", "custom_cnn",
+                                 "--max-batches", "1,4", "--requests", "24"]) == 0
+    _assert_report(out, ["server_batching.csv", "plots/server_batching.png"])
+    import pandas as pd
+    df = pd.read_csv(out / "server_batching.csv")
+    assert (df.errors == 0).all() and (df.requests == 24).all()
+    assert df[df.max_batch == 1].avg_batch.iloc[0] == 1
