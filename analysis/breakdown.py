@@ -805,6 +805,10 @@ def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str
            "time no span covers.", "", _md_table(*stage_t),
            "", "## Steps (all sizes)", "", _md_table(*steps_t), "", "## Plots", ""]
     md += [f"![{p.stem}](plots/{p.name})" for p in plots]
+    if run.config.get("serving"):  # which server each stage used, Triton trace vs stats cross-check
+        from deploy.triton.sweep_server import serving_section
+
+        md += serving_section(run.config["serving"]).splitlines()
     md += ["", "## config.json", "", "<details><summary>everything recorded about this run</summary>", "",
            "```json", json.dumps(run.config, indent=2, default=str), "```", "", "</details>"]
     rd.report_md.write_text("\n".join(md) + "\n")

@@ -880,10 +880,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{sweep.run.path}, retry with: python analysis/breakdown.py {sweep.run.path}",
               file=sys.stderr)
         return 1
-    if sweep.serving is not None:
-        from deploy.triton.sweep_server import serving_section
-        with open(rep.files["md"], "a", encoding="utf-8") as f:
-            f.write(serving_section(sweep.config.get("serving") or {}))
     print(f"run directory: {sweep.run.path}\nreport: {rep.files['md']}")
     return 0
 
