@@ -159,7 +159,9 @@ def main(argv=None) -> int:
         traces = read_trace(trace) if os.path.exists(trace) else {}
     for proto, c, recs, delta, wall in runs:
         s = summarise(recs, traces)
+        span_s = (max(r[2] for r in recs) - min(r[1] for r in recs)) / 1e9
         s.update(protocol=proto, concurrency=c, wall_s=round(wall, 2),
+                 throughput_rps=round(len(recs) / span_s, 2) if span_s > 0 else float("nan"),
                  server_queue_mean_ms=round(delta["queue_mean_ns"] / 1e6, 3),
                  server_infer_mean_ms=round(delta["compute_infer_mean_ns"] / 1e6, 3),
                  batches=delta["batches"])
@@ -181,6 +183,22 @@ def main(argv=None) -> int:
                   *(r.get(k) for k in ("Client Send", "Network+Server Send/Recv", "Server Queue",
                                        "Server Compute Input", "Server Compute Infer",
                                        "Server Compute Output", "Client Recv")))
+    if pa_rows:  # side by side: same server, model, protocol and concurrency
+        print("\nours vs perf_analyzer: protocol c | req/s ours / PA (ratio, target >= 0.9) | "
+              "p50 ms ours / PA | p99 ms ours / PA | server queue ms ours / PA | server infer ms ours / PA")
+        pa = {(r["protocol"], r["concurrency"]): r for r in pa_rows}
+        for r in results:
+            q = pa.get((r["protocol"], r["concurrency"]))
+            if not q:
+                continue
+            pa_rps = float(q.get("Inferences/Second") or "nan")
+            us = lambda k: float(q.get(k) or "nan") / 1e3  # noqa: E731
+            print(f"{r['protocol']:<5} {r['concurrency']:>2} | {r['throughput_rps']:7.1f} / "
+                  f"{pa_rps:7.1f} ({r['throughput_rps'] / pa_rps:.2f}) | "
+                  f"{r['round_trip_p50_ms']:6.1f} / {us('p50 latency'):6.1f} | "
+                  f"{r['round_trip_p99_ms']:6.1f} / {us('p99 latency'):6.1f} | "
+                  f"{r['server_queue_mean_ms']:6.2f} / {us('Server Queue'):6.2f} | "
+                  f"{r['server_infer_mean_ms']:6.2f} / {us('Server Compute Infer'):6.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"ours": results, "perf_analyzer": pa_rows,

@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from deploy.processes import stop_process
 from deploy.services import LOCAL_PORTS, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,19 +90,7 @@ class Child:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)      # anything it left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process(proc, timeout_s)
 
 
 class _Wrapped:

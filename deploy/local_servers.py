@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.processes import stop_process
+
 ENSURE_HINT = "run scripts/ensure_servers.sh (make test calls it) to install it"
 
 
@@ -139,15 +141,7 @@ class ServerProcess:
         if proc is None:
             return
         _RUNNING.pop(proc.pid, None)
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, self.stop_signal)
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout_s)
-            except ProcessLookupError:
-                pass
+        stop_process(proc, timeout_s, sig=self.stop_signal, kill_group=False)
 
     def kill(self) -> None:
         """SIGKILL (a crash, no clean shutdown)."""

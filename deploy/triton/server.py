@@ -22,7 +22,6 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from deploy.processes import stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENSURE_HINT = "run scripts/ensure_triton.sh (make test calls it)"
@@ -229,20 +230,7 @@ class TritonServer:
         if proc is None:
             return None
         _RUNNING.pop(proc.pid, None)
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-            except ProcessLookupError:
-                pass
-        try:                      # the group = the server's PID (start_new_session): stubs
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return proc.returncode
+        return stop_process(proc, timeout_s)  # the group = the server's PID: its Python stubs
 
     # log lines that mean start-up will not succeed (some of them leave the server hanging)
     FATAL_MARKERS = ("Failed to preinitialize Python stub", "failed to load '", "error: creating server",
