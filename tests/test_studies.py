@@ -179,3 +179,31 @@ def test_server_batching_smoke(tmp_path):
     df = pd.read_csv(out / "server_batching.csv")
     assert (df.errors == 0).all() and (df.requests == 24).all()
     assert df[df.max_batch == 1].avg_batch.iloc[0] == 1
+
+
+def test_batching_tuner_smoke(tmp_path):
+    from deploy.triton.server import server_venv
+    assert (server_venv() / "bin" / "python").exists(), \
+        "Triton server venv missing: run scripts/ensure_triton.sh (make test does)"
+    from analysis.studies import batching_tuner
+    out = tmp_path / "bt"
+    assert batching_tuner.main(["--smoke", "--out", str(out), "--model", "custom_cnn", "--requests", "24",
+                                "--max-batch-cap", "4", "--max-delay-steps", "1"]) == 0
+    _assert_report(out, ["trials.csv"])
+    import pandas as pd
+    df = pd.read_csv(out / "trials.csv")
+    assert len(df) >= 2 and (df.errors == 0).all() and df.chosen.sum() == 1
+    assert list(df.max_batch[df.stage.str.startswith("1")])[:2] == [1, 2]
+    rec = json.loads((out / "recommended" / "recommendation.json").read_text())
+    tf = (out / "recommended" / "tfserving" / "batching_parameters.txt").read_text()
+    tri = (out / "recommended" / "triton" / "custom_cnn" / "config.pbtxt").read_text()
+    assert f"max_batch_size {{ value: {rec['max_batch_size']} }}" in tf
+    assert f"batch_timeout_micros {{ value: {rec['batch_timeout_micros']} }}" in tf
+    assert f"num_batch_threads {{ value: {rec['num_batch_threads']} }}" in tf
+    assert f"max_enqueued_batches {{ value: {rec['max_enqueued_batches']} }}" in tf
+    assert f"allowed_batch_sizes: {rec['allowed_batch_sizes'][-1]}" in tf
+    assert f"max_batch_size: {rec['max_batch_size']}" in tri
+    assert f"max_queue_delay_microseconds: {rec['batch_timeout_micros']}" in tri
+    assert f"preferred_batch_size: [ {', '.join(map(str, rec['allowed_batch_sizes']))} ]" in tri
+    assert f"count: {rec['num_batch_threads']}" in tri
+    assert rec["max_batch_size"] in set(df.max_batch[df.chosen])
