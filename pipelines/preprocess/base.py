@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 
 from .formats import (HeaderError, TruncatedError, check_jpeg_complete, check_png_complete,
-                      parse_jpeg_header, parse_png_header, sniff_format)
-from .validate import ImageRejected, rejected_corrupt, rejected_not_image, rejected_unsupported
+                      parse_jpeg_header, parse_png_header)
+from .validate import ImageRejected, rejected_corrupt, supported_format
 
 REDUCED_MODES = ("auto", "off")
 REDUCTION_FACTORS = (8, 4, 2)
@@ -79,11 +79,7 @@ def prepare(data: bytes, target_hw: tuple | None, reduced: str) -> Prepared:
     """Sniff, parse and structurally check ``data``; raise ImageRejected when it cannot decode."""
     if not data:
         raise ImageRejected(400, "empty_body", "The image is empty: send the bytes of a JPEG or PNG image.")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise rejected_not_image()
-    if fmt not in ("jpeg", "png"):
-        raise rejected_unsupported(fmt)
+    fmt = supported_format(data)
     try:
         if fmt == "jpeg":
             h = parse_jpeg_header(data)

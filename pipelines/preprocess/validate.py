@@ -65,6 +65,16 @@ def rejected_not_image() -> ImageRejected:
                          f"The request body is not an image: send the raw bytes of a {ACCEPTED} file.")
 
 
+def supported_format(data: bytes) -> str:
+    """``"jpeg"`` or ``"png"`` from the magic bytes; ImageRejected (415) for anything else."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise rejected_not_image()
+    if fmt not in ("jpeg", "png"):
+        raise rejected_unsupported(fmt)
+    return fmt
+
+
 def rejected_corrupt(fmt: str, detail: str, truncated: bool = False) -> ImageRejected:
     if truncated:
         return ImageRejected(422, "truncated_image",
@@ -85,11 +95,7 @@ def inspect_image(data: bytes, max_bytes: int, max_pixels: int) -> ImageProbe:
         raise ImageRejected(413, "too_large",
                             f"The upload is {_mb(n)}, over the limit of {_mb(max_bytes)}: "
                             "send a smaller or more compressed image.")
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise rejected_not_image()
-    if fmt not in ("jpeg", "png"):
-        raise rejected_unsupported(fmt)
+    fmt = supported_format(data)
     try:
         if fmt == "jpeg":
             h = parse_jpeg_header(data, need_sos=False)
