@@ -42,6 +42,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers import BrokerError, BrokerFull, open_broker
+from overhead.contract import topics
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
 from pipelines.settings import GatewaySettings
@@ -161,7 +162,7 @@ class Gateway:
         return self.pipeline.process(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
-    DEPTH_TOPICS = ("crops", "results", "crops.dlq")
+    DEPTH_TOPICS = topics.PIPELINE_TOPICS
 
     def broker_stats(self) -> dict:
         """Broker name and messages waiting per topic (``-1``: unknown / unreachable)."""

@@ -24,10 +24,11 @@ import numpy as np
 
 from brokers.base import Broker, BrokerUnavailable
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from overhead.contract import topics
 from pipelines.inference import make_backend
 from pipelines.postprocess import postprocess
 from pipelines.spans import ComponentTimes, SpanRecorder
-from pipelines.worker import CROPS_TOPIC, RESULTS_TOPIC, ClassifierWorker
+from pipelines.worker import ClassifierWorker
 
 now_ns = time.time_ns
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class TwoStagePipeline:
         rec = self.recorder
         while not self._stop.is_set():
             try:
-                got = self.broker.consume(RESULTS_TOPIC, self._results_group, "listener",
+                got = self.broker.consume(topics.RESULTS, self._results_group, "listener",
                                           max_messages=64, timeout_s=0.1)
                 self._listening.set()
             except BrokerUnavailable:
@@ -191,14 +192,15 @@ class TwoStagePipeline:
                     complete = len(w.results) == w.k
                 if rec.enabled:
                     rid = msg.request_id
-                    for s in msg.extra.get("spans") or ():
-                        rec.record(rid, s[0], s[1], int(s[2]), int(s[3]), s[4] if len(s) > 4 else None)
+                    for s in msg.extra.get("spans") or ():   # WireSpan dicts
+                        rec.record(rid, s["stage"], s["component"], int(s["start_ns"]),
+                                   int(s["end_ns"]), s.get("attrs"))
                     rec.record(rid, "classify", "broker", msg.produce_ns, d.deliver_ns,
                                {"crop": msg.index, "leg": "results"})
                 if complete:
                     w.event.set()
             if got:
-                self.broker.ack(RESULTS_TOPIC, self._results_group, got)
+                self.broker.ack(topics.RESULTS, self._results_group, got)
 
     # -- one request -------------------------------------------------------------------------
     def process(self, request_id: str, data: bytes, probe=None) -> dict:
@@ -256,7 +258,7 @@ class TwoStagePipeline:
                                               payload=payload))
                 s1 = now_ns()
                 span("serialize", s0, s1, {"crop": i})
-                self.broker.publish(CROPS_TOPIC, wire, key=rid, timeout_s=self.publish_timeout_s)
+                self.broker.publish(topics.CROPS, wire, key=rid, timeout_s=self.publish_timeout_s)
             if waiter is not None and not waiter.event.wait(self.result_timeout_s):
                 with waiter.lock:
                     missing = [i for i in range(m) if i not in waiter.results]
@@ -273,8 +275,9 @@ class TwoStagePipeline:
             ex = msg.extra
             if "error" in ex:
                 raise ClassifierFailed(f"crop {i} of request {rid}: {ex['error']}")
-            for s in ex.get("spans") or ():
-                classify_spans.setdefault(s[1], []).append((int(s[2]), int(s[3])))
+            for s in ex.get("spans") or ():   # WireSpan dicts
+                classify_spans.setdefault(s["component"], []).append(
+                    (int(s["start_ns"]), int(s["end_ns"])))
             classify_spans.setdefault("broker", []).append((msg.produce_ns, deliver))
             detections.append({"box": [int(v) for v in pp.boxes_px[i]],
                                "score": round(float(pp.scores[i]), 6),

@@ -7,7 +7,8 @@ what it consumed itself; it does not go through a MicroBatcher queue) -> one ``r
 crop on ``results`` -> ack. Malformed messages are logged, acked and kept in ``dead_letter``.
 
 Each result's header (``extra``) carries ``label``, ``class_id``, ``score`` and the crop's spans
-``[[stage, component, start_ns, end_ns, attrs], ...]``: ``classify/broker`` (crop produce ->
+(``spans``: a list of ``overhead.contract.records.WireSpan`` dicts, keys ``stage``, ``component``,
+``start_ns``, ``end_ns``, ``attrs``): ``classify/broker`` (crop produce ->
 deliver), ``classify/serialize`` (message decode), ``resize``, ``normalize``, ``queue`` (end of
 this crop's normalize -> batch start: the other crops' preprocessing plus the instance lock) and
 ``inference`` (``{"batch": n}``). The gateway records them. If the worker is given its own
@@ -32,19 +33,18 @@ import numpy as np
 
 from brokers.base import Broker, BrokerError, BrokerUnavailable, Delivery
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from overhead.contract import topics
+from overhead.contract.records import wire_span
 
 now_ns = time.time_ns
 log = logging.getLogger(__name__)
-
-CROPS_TOPIC = "crops"
-RESULTS_TOPIC = "results"
 
 
 class ClassifierWorker:
     def __init__(self, broker: Broker, classifier_backend, preprocessor, model_info,
                  recorder=None, batch: int = 1, max_delay_ms: float = 0.0,
                  group: str = "classifiers", name: str | None = None,
-                 crops_topic: str = CROPS_TOPIC, results_topic: str = RESULTS_TOPIC,
+                 crops_topic: str = topics.CROPS, results_topic: str = topics.RESULTS,
                  publish_timeout_s: float = 5.0, dead_letter_keep: int = 100):
         self.broker = broker
         self.backend = classifier_backend
@@ -163,10 +163,10 @@ class ClassifierWorker:
                 to_ack.append(d)
                 continue
             c = {"crop": msg.index}
-            spans = [["classify", "broker", msg.produce_ns, d.deliver_ns, c],
-                     ["classify", "serialize", t0, t1, c],
-                     ["classify", "resize", t1, t2, c],
-                     ["classify", "normalize", t2, t3, c]]
+            spans = [wire_span("classify", "broker", msg.produce_ns, d.deliver_ns, c),
+                     wire_span("classify", "serialize", t0, t1, c),
+                     wire_span("classify", "resize", t1, t2, c),
+                     wire_span("classify", "normalize", t2, t3, c)]
             items.append((d, msg, spans, x, t3))
 
         published = 0
@@ -188,17 +188,18 @@ class ClassifierWorker:
                     cid = int(np.argmax(p))
                     extra = {"label": self.labels[cid] if cid < len(self.labels) else str(cid),
                              "class_id": cid, "score": float(p[cid])}
-                    spans.append(["classify", "queue", ready, r.start_ns, {"crop": msg.index}])
+                    spans.append(wire_span("classify", "queue", ready, r.start_ns, {"crop": msg.index}))
                     ia = {"crop": msg.index, "batch": r.batch_size}
                     if getattr(r, "request_id", None):
                         ia["server_rid"] = r.request_id
-                    spans.append(["classify", "inference", r.start_ns, r.end_ns, ia])
+                    spans.append(wire_span("classify", "inference", r.start_ns, r.end_ns, ia))
                 else:
                     extra = {"error": error}
                 extra["worker"] = self.name
                 if self.recorder is not None:
                     for s in spans:
-                        self.recorder.record(msg.request_id, *s)
+                        self.recorder.record(msg.request_id, s["stage"], s["component"],
+                                             s["start_ns"], s["end_ns"], s["attrs"])
                 else:
                     extra["spans"] = spans
                 out = Message(request_id=msg.request_id, kind="result", index=msg.index, k=msg.k,
