@@ -41,10 +41,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import pandas as pd
 
-from analysis.rundir import (
-    RunDir, read_config, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
+from overhead.contract.runconfig import read_config
+from overhead.contract.rundir import (
+    RunDir, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
 )
-from analysis.stability import StabilityRule, assess, run_validity
+from overhead.contract.stability import StabilityRule, assess, run_validity
 
 COMPONENT_ORDER = ("decode", "resize", "normalize", "serialize", "transfer", "queue",
                    "inference", "postprocess", "broker", "other")

@@ -25,13 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from analysis.breakdown import (UNCOVERED, assign_steps, attribute, load_run,  # noqa: E402
-                                open_loop_view, size_sort_key, summarize)
+from analysis.breakdown import (UNCOVERED, assign_steps, attribute, load_run, open_loop_view,
+                                size_sort_key, summarize)
 
 HIGHLIGHT = "broker"
 

@@ -16,9 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from analysis.breakdown import attribute, by_component, load_run, report, summarize  # noqa: E402
-from analysis.rundir import (  # noqa: E402
-    REQUEST_COLUMNS, SPAN_COLUMNS, STEP_COLUMNS, RunDir, merge_span_parts, table_from_rows,
-    write_config, write_json_atomic, write_parquet_atomic,
+from overhead.contract.records import (  # noqa: E402
+    RequestRecord, Span, StepRecord, field_names, rows_to_table,
+)
+from overhead.contract.runconfig import write_config  # noqa: E402
+from overhead.contract.rundir import (  # noqa: E402
+    RunDir, merge_span_parts, write_json_atomic, write_parquet_atomic,
 )
 
 
@@ -30,7 +33,7 @@ def reqs(*rows):
 def spans(*rows):
     """(request_id, 'stage-component', start_ns, end_ns) rows."""
     out = [(r, k.split("-")[0], k.split("-")[1], s, e, None) for r, k, s, e in rows]
-    return pd.DataFrame(out, columns=[name for name, _ in SPAN_COLUMNS])
+    return pd.DataFrame(out, columns=list(field_names(Span)))
 
 
 def row(attr, rid):
@@ -201,14 +204,14 @@ def make_run(path: Path, steps=((1, 10.0), (2, 10.0)), warmup=2.0, with_parts=Fa
                     span_rows.extend(sp)
                 clock = recv + 100_000                                         # client time
         t = end
-    write_parquet_atomic(table_from_rows(step_rows, STEP_COLUMNS), run.steps)
-    write_parquet_atomic(table_from_rows(req_rows, REQUEST_COLUMNS), run.requests)
+    write_parquet_atomic(rows_to_table(StepRecord, step_rows), run.steps)
+    write_parquet_atomic(rows_to_table(RequestRecord, req_rows), run.requests)
     if with_parts:
         half = len(span_rows) // 2
-        write_parquet_atomic(table_from_rows(span_rows[:half], SPAN_COLUMNS), run.spans_parts / "spans-1-000000.parquet")
-        write_parquet_atomic(table_from_rows(span_rows[half:], SPAN_COLUMNS), run.spans_parts / "spans-1-000001.parquet")
+        write_parquet_atomic(rows_to_table(Span, span_rows[:half]), run.spans_parts / "spans-1-000000.parquet")
+        write_parquet_atomic(rows_to_table(Span, span_rows[half:]), run.spans_parts / "spans-1-000001.parquet")
     else:
-        write_parquet_atomic(table_from_rows(span_rows, SPAN_COLUMNS), run.spans)
+        write_parquet_atomic(rows_to_table(Span, span_rows), run.spans)
     n = len(req_rows)
     n_err = sum(1 for r in req_rows if r[8] != 200)
     write_json_atomic({"requests": n, "failures": n_err, "records": n, "by_name": {}}, run.locust_final)

@@ -126,7 +126,7 @@ if __name__ == "__main__":
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis.rundir import RunDir, read_locust_stats_csv  # noqa: E402
+from overhead.contract.rundir import RunDir, read_locust_stats_csv  # noqa: E402
 # loadtest.schedule, not loadtest.shapes: importing Locust would gevent-patch the pytest process
 from loadtest.schedule import StepSchedule, StepTracker, schedule_from_options  # noqa: E402
 
