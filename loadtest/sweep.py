@@ -53,16 +53,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from analysis.rundir import (  # noqa: E402
-    RunDir, read_json, read_locust_stats_csv, read_requests, read_steps, table_from_rows,
-    write_config, write_json_atomic, write_parquet_atomic, merge_span_parts,
+from loadtest.schedule import ARRIVALS, StepSchedule, parse_rates  # (not shapes: Locust)
+from overhead.contract.runconfig import write_config
+from overhead.contract.rundir import (
+    RunDir, merge_span_parts, read_json, read_locust_stats_csv, read_requests, read_steps,
+    table_from_rows, write_json_atomic, write_parquet_atomic,
 )
-from analysis.stability import StabilityRule  # noqa: E402
-from loadtest.schedule import ARRIVALS, StepSchedule, parse_rates  # noqa: E402  (not shapes: Locust)
+from overhead.contract.stability import StabilityRule
+
+REPO = Path(__file__).resolve().parent.parent
 
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 VERSION_PACKAGES = ("overhead", "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn",
