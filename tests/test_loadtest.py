@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from overhead.contract.records import Span  # noqa: E402
 from pipelines.spans import ComponentTimes, SpanFlusher, SpanRecorder, now_ns  # noqa: E402
 
 PY = sys.executable
@@ -70,20 +71,20 @@ def make_standin_server(host: str, port: int, recorder: SpanRecorder | None = No
                 return self._send(404, {"error": "not_found", "message": self.path})
             if body.startswith(b"FAIL"):
                 return self._send(500, {"error": "stand_in_failure", "message": "asked to fail"})
-            spans = [(rid, "gateway", "transfer", t0, t1, None)]
+            spans = [Span(rid, "gateway", "transfer", t0, t1, None)]
             # "work": proportional to the body size, so size classes differ
             t = t1
             for comp, dur_s in (("decode", 0.0004 + len(body) / 4e8), ("resize", 0.0002),
                                 ("inference", 0.001)):
                 time.sleep(dur_s)
-                spans.append((rid, "detect", comp, t, now_ns(), None))
-                t = spans[-1][4]
+                spans.append(Span(rid, "detect", comp, t, now_ns(), None))
+                t = spans[-1].end_ns
             time.sleep(0.001)
             t2 = now_ns()  # two crops classified "at once": overlapping spans
-            spans += [(rid, "classify", "inference", t, t2, json.dumps({"crop": i})) for i in range(2)]
+            spans += [Span(rid, "classify", "inference", t, t2, json.dumps({"crop": i})) for i in range(2)]
             timing = ComponentTimes.new()
             for s in spans:
-                timing.add(s[1], s[2], s[4] - s[3])
+                timing.add(s.stage, s.component, s.end_ns - s.start_ns)
             if recorder is not None:
                 recorder.extend(spans)
             self._send(200, {"request_id": rid, "width": 10, "height": 10, "k": 2,
