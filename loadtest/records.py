@@ -18,7 +18,7 @@ from loadtest import webui
 from loadtest.shapes import StepShape
 from loadtest.state import INFER_PATH, LoadState
 from overhead.contract.records import RequestRecord, StepRecord, from_columns, to_columns
-from overhead.contract.rundir import RunDir, write_json_atomic, write_records as write_table
+from overhead.contract.rundir import RunDir, write_json_atomic, write_records
 from overhead.contract.stability import assess
 
 log = logging.getLogger("overhead.locustfile")
@@ -63,11 +63,11 @@ def write_run(state: LoadState, environment) -> None:
         return
     n = len(state.records)
     if n != state.written:
-        write_table(state.records[:n], RequestRecord, run.requests)
+        write_records(state.records[:n], RequestRecord, run.requests)
         state.written = n
     shape = step_shape(environment)
     if shape is not None and shape.steps:
-        write_table([StepRecord(**row) for row in shape.finish()], StepRecord, run.steps)
+        write_records([StepRecord(**row) for row in shape.finish()], StepRecord, run.steps)
     elif webui.ui_mode(environment) and state.ui_test is not None:
         webui.write_ui_run(state, environment, run)
     if shape is not None and shape.tracker is not None:
