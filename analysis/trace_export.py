@@ -21,13 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import pandas as pd
 
-from analysis.rundir import RunDir, read_config, read_requests, read_spans, read_steps
+from overhead.contract.rundir import RunDir, read_config, read_requests, read_spans, read_steps
 
 NS_PER_US = 1000.0
 

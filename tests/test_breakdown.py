@@ -1,7 +1,8 @@
-"""analysis/breakdown.py: the closure sweep on hand-built spans, the summary, the report files."""
+"""analysis/report (python analysis/breakdown.py): the closure sweep on hand-built spans, the summary, the report files."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.breakdown import attribute, by_component, load_run, report, summarize  # noqa: E402
-from analysis.rundir import (  # noqa: E402
+from analysis.report.attribution import attribute, by_component  # noqa: E402
+from analysis.report.cli import report  # noqa: E402
+from analysis.report.load import load_run  # noqa: E402
+from analysis.report.summary import summarize  # noqa: E402
+from overhead.contract.rundir import (  # noqa: E402
     REQUEST_COLUMNS, SPAN_COLUMNS, STEP_COLUMNS, RunDir, merge_span_parts, table_from_rows,
     write_config, write_json_atomic, write_parquet_atomic,
 )
@@ -296,7 +300,8 @@ def test_script_runs_from_another_cwd_on_a_copied_run(tmp_path):
     shutil.rmtree(run.path)
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "breakdown.py"), str(copy)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",  # the editable install finds the code;
+                               **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})  # a worktree's too
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Where the time goes" in proc.stdout and "report:" in proc.stdout
     assert (copy / "report.md").exists() and (copy / "plots" / "stacked_8MP.png").exists()

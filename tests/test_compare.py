@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from analysis.compare import compare, compare_table, summarize_run  # noqa: E402
-from analysis.rundir import (  # noqa: E402
+from overhead.contract.rundir import (  # noqa: E402
     REQUEST_COLUMNS, SPAN_COLUMNS, STEP_COLUMNS, RunDir, table_from_rows, write_config,
     write_parquet_atomic,
 )

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from analysis.rundir import REQUEST_COLUMNS, RunDir, table_from_rows, write_parquet_atomic  # noqa: E402
+from overhead.contract.rundir import REQUEST_COLUMNS, RunDir, table_from_rows, write_parquet_atomic  # noqa: E402
 from analysis.trace_export import _lanes, build_trace  # noqa: E402
 from test_breakdown import make_run  # noqa: E402
 
