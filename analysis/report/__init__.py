@@ -6,6 +6,7 @@
     validity      stable steps, enough requests, a load generator that kept up
     findings      the prose "what this says"
     tables        the report's tables as strings (shared by the files and the console)
+    fmt           how numbers and load levels are written
     render        report.md / report.html (Jinja2 templates in templates/), breakdown.csv
     plots         plots/*.png
     console       the rich tables printed to the terminal
