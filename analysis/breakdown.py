@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import sys
 
-from analysis.report.cli import Report, main, report
+from analysis.report.cli import main, report  # report: loadtest/sweep.py and tests call it
 
-__all__ = ["Report", "main", "report"]
+__all__ = ["main", "report"]
 
 if __name__ == "__main__":
     sys.exit(main())
