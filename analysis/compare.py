@@ -14,7 +14,7 @@ definition (open loop: intended send -> recv, so schedule lag counts; closed loo
 and the schedule lag (intended -> real send) p50/p99, then component shares as above.
 
 Prints a rich table and writes compare.md (default: next to the runs, in the first run
-directory's parent). The summaries are the breakdown report's own (``analysis.breakdown``): same
+directory's parent). The summaries are the breakdown report's own (``analysis.report``): same
 closure, same step windows.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.breakdown import (UNCOVERED, assign_steps, attribute, load_run, open_loop_view,
-                                size_sort_key, summarize)
+from analysis.report.attribution import UNCOVERED, attribute
+from analysis.report.load import load_run, open_loop_view
+from analysis.report.summary import assign_steps, size_sort_key, summarize
 
 HIGHLIGHT = "broker"
 

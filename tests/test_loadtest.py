@@ -385,7 +385,7 @@ def test_sweep_against_the_real_gateway(tmp_path):
     assert len(req) == config["locust"]["final"]["requests"] > 4
     assert (req["status"] == 200).all() and req["error"].isna().all() and (req["k"] >= 0).all()
     assert req["server_timing"].str.contains("detect-inference;dur=").all()
-    from analysis.breakdown import attribute, by_component
+    from analysis.report.attribution import attribute, by_component
     spans = pd.read_parquet(run.spans)
     assert set(req["request_id"]) <= set(spans["request_id"])
     comp = by_component(attribute(req, spans))
