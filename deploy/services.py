@@ -93,6 +93,19 @@ BROKER_URLS = {"redis": "redis://redis:6379/0", "kafka": "kafka://kafka:9092"}
 SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "grpc://tfserving:8500"}
 
 
+def options_env(service: str) -> set[str]:
+    """The ``OVERHEAD_*`` names the service's program reads: its settings class in
+    ``overhead/config.py`` (the models builder: the model cache directory only)."""
+    from overhead import config
+
+    cls = {"gateway": config.GatewaySettings, "worker": config.WorkerSettings,
+           "locust-master": config.LocustSettings, "locust-worker": config.LocustSettings
+           }.get(service)
+    if service == "models":
+        return {config.WorkerSettings.env_name("models_dir")}
+    return {cls.env_name(n) for n in cls.model_fields} if cls else set()
+
+
 def port(service: str, role: str | None = None) -> int:
     ports = SERVICES[service].ports
     return ports[role] if role else next(iter(ports.values()))
@@ -154,6 +167,10 @@ def check_compose(path=COMPOSE_FILE) -> list[str]:
         missing = [e for e in s.env if e not in env_names]
         if missing:
             errs.append(f"{name}: environment lacks {missing}")
+        unknown = sorted(e for e in env_names | set(s.env)
+                         if e.startswith("OVERHEAD_") and e not in options_env(name))
+        if unknown:
+            errs.append(f"{name}: {unknown} name no option of {name} in overhead/config.py")
         if s.long_running and not c.get("healthcheck"):
             errs.append(f"{name}: long-running service without a healthcheck")
         if not s.long_running and c.get("restart") not in (None, "no"):
