@@ -61,7 +61,7 @@ class Options(BaseSettings):
                                   "default": argparse.SUPPRESS if defaults is None
                                   else getattr(defaults, name)}
             typ, choices = _flag_type(f.annotation)
-            shown = (f"default: {f.default}; " if f.default is not None
+            shown = (f"default: {f.default}; " if f.default not in (None, "")
                      and (typ is not bool or defaults is None) else "")
             kw["help"] = f"{f.description or ''} ({shown}env {cls.env_name(name)})".replace("%", "%%")
             if typ is bool and name.startswith("no_"):
