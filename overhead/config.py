@@ -192,7 +192,8 @@ def worker_argv(gateway: GatewaySettings) -> list[str]:
     """The gateway's classifier options as ``pipelines.worker`` flags (not the broker, spans and
     logging: whoever starts the workers sets those)."""
     shared = set(WorkerSettings.model_fields) & set(GatewaySettings.model_fields)
-    return gateway.to_argv(shared - {"broker", "spans_dir", "log_level"})
+    unused_urls = {"triton_url", "tfserving_url"} - {f"{gateway.backend}_url"}
+    return gateway.to_argv(shared - {"broker", "spans_dir", "log_level"} - unused_urls)
 
 
 class LoadSettings(Options):

@@ -366,13 +366,17 @@ class GatewayProcess:
         self.stop()
 
 
+def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
+    """Flags generated from ``GatewaySettings`` (overhead/config.py); they beat OVERHEAD_*."""
+    return GatewaySettings.from_args(argv, prog="python -m pipelines.gateway", description=(
+        "Overhead gateway: POST an image to /v1/infer; detections with labels and a "
+        "Server-Timing breakdown come back. Options also read OVERHEAD_<NAME>."))
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    settings = GatewaySettings.from_args(
-        argv, prog="python -m pipelines.gateway",
-        description="Overhead gateway: POST an image to /v1/infer; detections with labels and a "
-                    "Server-Timing breakdown come back. Options also read OVERHEAD_<NAME>.")
+    settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

@@ -39,12 +39,12 @@ CONFIG_PROBE = r"""
 import json, os, sys
 from fastapi.testclient import TestClient
 import overhead.config
-from overhead.config import GatewaySettings, WorkerSettings
-from pipelines.gateway import create_app
+from overhead.config import WorkerSettings
+from pipelines.gateway import create_app, parse_settings
 from loadtest.sweep import parse_args, worker_options
 
 def served(argv):   # the real app's GET /v1/config (no lifespan: the models are not loaded)
-    r = TestClient(create_app(GatewaySettings.from_args(argv))).get("/v1/config")
+    r = TestClient(create_app(parse_settings(argv))).get("/v1/config")
     assert r.status_code == 200, r.text
     return r.json()["settings"]["intra_op_threads"]
 
