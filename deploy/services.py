@@ -216,19 +216,21 @@ def _probe(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def wait_targets(env=os.environ) -> list[str]:
+def wait_targets(settings=None) -> list[str]:
     """What a gateway/worker container waits for: its broker and its inference server (compose
-    1.29 cannot make ``depends_on`` conditional on a profile, so the containers wait)."""
+    1.29 cannot make ``depends_on`` conditional on a profile, so the containers wait). Read from
+    the ``OVERHEAD_*`` environment by the config tree unless ``settings`` are given."""
+    from overhead.config import WorkerSettings
+
+    s = settings or WorkerSettings()
     out = []
-    broker = env.get("OVERHEAD_BROKER", "")
-    if broker.startswith(("redis://", "kafka://")):
-        out.append(broker.split("?")[0])
-    backend = env.get("OVERHEAD_BACKEND", "embedded")
-    if backend == "triton":
-        u = urlsplit(env.get("OVERHEAD_TRITON_URL") or SERVER_URLS["triton"])
+    if s.broker.startswith(("redis://", "kafka://")):
+        out.append(s.broker.split("?")[0])
+    if s.backend == "triton":
+        u = urlsplit(s.triton_url)
         out.append(f"http://{u.hostname}:{port('triton', 'http')}/v2/health/ready")
-    elif backend == "tfserving":
-        u = urlsplit(env.get("OVERHEAD_TFSERVING_URL") or SERVER_URLS["tfserving"])
+    elif s.backend == "tfserving":
+        u = urlsplit(s.tfserving_url)
         out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'grpc')}")
     return out
 

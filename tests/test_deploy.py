@@ -116,6 +116,17 @@ def test_compose_environment_names_options_of_the_config_tree():
         assert env <= options_env("gateway") and env <= options_env("worker"), env
 
 
+def test_containers_wait_for_what_the_config_tree_reads(monkeypatch):
+    from deploy.services import compose_env, wait_targets
+
+    for k, v in compose_env("tfserving", "kafka").items():
+        monkeypatch.setenv(k, v)
+    assert wait_targets() == ["kafka://kafka:9092", "tcp://tfserving:8500"]
+    monkeypatch.setenv("OVERHEAD_BACKEND", "triton")
+    monkeypatch.setenv("OVERHEAD_TRITON_URL", "grpc://triton:8001")
+    assert wait_targets()[1] == "http://triton:8000/v2/health/ready"
+
+
 # -- the no-Docker launcher --------------------------------------------------------------------
 def _alive(pid: int) -> bool:
     try:
