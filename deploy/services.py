@@ -14,7 +14,6 @@ published ports bind 127.0.0.1 on the host only.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
