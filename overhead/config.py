@@ -43,7 +43,9 @@ def _flag_type(annotation) -> tuple[type, tuple | None]:
 class Options(BaseSettings):
     """Base of every settings class: ``OVERHEAD_*`` environment, generated flags, dumps."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # an empty OVERHEAD_X counts as unset; a misspelt keyword argument is an error
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True,
+                                      extra="forbid")
     flag_aliases: ClassVar[dict[str, tuple[str, ...]]] = {}   # field -> extra flags (old names)
 
     @classmethod

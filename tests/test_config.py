@@ -203,3 +203,16 @@ def test_sweep_and_locust_share_the_load_defaults(monkeypatch, tmp_path):
     assert p.parse_args(["--overhead-no-components"]).overhead_no_components is True
     unknown = parse_args(["--out", str(tmp_path), "--k", "2"]).gateway_args
     assert unknown == ["--k", "2"]                                  # still passed to the gateway
+
+
+def test_empty_env_is_unset_and_a_misspelt_option_is_an_error(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("OVERHEAD_ARRIVALS", "")
+    monkeypatch.setenv("OVERHEAD_K", "")
+    assert LocustSettings().arrivals is None and GatewaySettings().k == 4
+    monkeypatch.setenv("OVERHEAD_K", "many")
+    with pytest.raises(ValidationError):
+        GatewaySettings()
+    with pytest.raises(ValidationError):
+        GatewaySettings(kk=2)
