@@ -108,7 +108,7 @@ class Options(BaseSettings):
             elif isinstance(v, bool):
                 out.append(f"--{flag}" if v else f"--no-{flag}")
             else:
-                out += [f"--{flag}", f"{v:g}" if isinstance(v, float) else str(v)]
+                out += [f"--{flag}", str(v)]   # str(float) keeps every digit
         return out
 
     def dump(self) -> dict:
