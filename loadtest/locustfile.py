@@ -92,39 +92,12 @@ state = LoadState()   # everything this process keeps between events
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser):
-    g = parser.add_argument_group("Overhead")
-    g.add_argument("--overhead-run-dir", type=str, env_var="OVERHEAD_RUN_DIR", default="",
-                   help="run directory: requests.parquet, steps.parquet, locust/final_stats.json")
-    g.add_argument("--overhead-manifest", type=str, env_var="OVERHEAD_MANIFEST", default="",
-                   help="corpus manifest JSON (default RUN_DIR/corpus.json)")
-    g.add_argument("--overhead-sizes", type=str, env_var="OVERHEAD_SIZES", default="",
-                   help="comma-separated size classes to send (default: all in the manifest)")
-    g.add_argument("--overhead-steps", type=str, env_var="OVERHEAD_STEPS", default="",
-                   help='concurrency steps, "1,2,4,8" or "1:20,2:30" (users[:seconds])')
-    g.add_argument("--overhead-step-seconds", type=float, env_var="OVERHEAD_STEP_SECONDS",
-                   default=20.0, help="seconds per step")
-    g.add_argument("--overhead-warmup-seconds", type=float, env_var="OVERHEAD_WARMUP_SECONDS",
-                   default=0.0, help="first seconds of each step not measured")
-    g.add_argument("--overhead-arrivals", type=str, env_var="OVERHEAD_ARRIVALS", default="",
-                   help="open loop: poisson or constant arrivals (default: closed loop)")
-    g.add_argument("--overhead-rates", type=str, env_var="OVERHEAD_RATES", default="",
-                   help="open loop: target requests/s per step, e.g. 2,4,8 (one per step)")
-    g.add_argument("--overhead-max-in-flight", type=int, env_var="OVERHEAD_MAX_IN_FLIGHT",
-                   default=1000, help="open loop: most requests in flight at once")
-    g.add_argument("--overhead-seed", type=int, env_var="OVERHEAD_SEED", default=0,
-                   help="open loop: seed of the arrival process")
-    g.add_argument("--overhead-stability-window", type=float, env_var="OVERHEAD_STABILITY_WINDOW",
-                   default=5.0, help="seconds per stability window")
-    g.add_argument("--overhead-stability-max-seconds", type=float,
-                   env_var="OVERHEAD_STABILITY_MAX_SECONDS", default=0.0,
-                   help="extend an unstable step up to this many seconds (0: never extend)")
-    g.add_argument("--overhead-min-requests", type=int, env_var="OVERHEAD_MIN_REQUESTS", default=100,
-                   help="successful requests a step needs to be valid")
-    g.add_argument("--overhead-spans-dir", type=str, env_var="OVERHEAD_SPANS_DIR", default="",
-                   help="web UI runs: the gateway's --spans-dir; its spans of this run's requests "
-                        "are merged into RUN_DIR/spans.parquet when the test stops")
-    g.add_argument("--overhead-no-components", action="store_true", default=False,
-                   help="do not show Server-Timing components as 'component' stats entries")
+    """``--overhead-*``: ``LocustSettings`` (overhead/config.py), generated; the load options have
+    the sweep's defaults, and ``OVERHEAD_<NAME>`` sets each (the command line wins)."""
+    from overhead.config import LocustSettings
+
+    LocustSettings.add_arguments(parser.add_argument_group("Overhead"), prefix="overhead-",
+                                 defaults=LocustSettings())
 
 
 def load_manifest(path: str | os.PathLike, sizes: str = "") -> list[CorpusImage]:

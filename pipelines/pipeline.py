@@ -78,7 +78,8 @@ class TwoStagePipeline:
                  iou_threshold: float = 0.5, intra_op_threads: int = 1, max_batch: int = 1,
                  max_delay_ms: float = 0.0, workers: int = 1, result_timeout_s: float = 30.0,
                  worker_batch: int | None = None, backend: str = "embedded",
-                 publish_timeout_s: float = 1.0, warmup: bool = True):
+                 backend_options: dict | None = None, publish_timeout_s: float = 1.0,
+                 warmup: bool = True):
         self.detector_info = detector_info
         self.classifier_info = classifier_info
         self.pre = preprocessor
@@ -94,6 +95,7 @@ class TwoStagePipeline:
         self.worker_batch = int(worker_batch if worker_batch is not None else max_batch)
         self.result_timeout_s = float(result_timeout_s)
         self.backend_kind = backend
+        self.backend_options = dict(backend_options or {})   # e.g. {"url": ...} of a server
         self.publish_timeout_s = publish_timeout_s
         self.warmup = warmup
         self.det_hw = tuple(detector_info.input_hw)
@@ -119,7 +121,8 @@ class TwoStagePipeline:
     def start(self) -> "TwoStagePipeline":
         self.detector = make_backend(self.backend_kind, self.detector_info,
                                      intra_op_threads=self.intra_op_threads,
-                                     max_batch=self.max_batch, max_delay_ms=self.max_delay_ms)
+                                     max_batch=self.max_batch, max_delay_ms=self.max_delay_ms,
+                                     **self.backend_options)
         if self.warmup:
             self.detector.infer_batch(np.zeros((1, *self.det_hw, 3), np.float32))
         for i in range(self.n_workers):
@@ -135,7 +138,8 @@ class TwoStagePipeline:
 
     def add_worker(self, name: str) -> ClassifierWorker:
         backend = make_backend(self.backend_kind, self.classifier_info,
-                               intra_op_threads=self.intra_op_threads, max_batch=1)
+                               intra_op_threads=self.intra_op_threads, max_batch=1,
+                               **self.backend_options)
         if self.warmup:
             backend.infer_batch(np.zeros((1, *self.classifier_info.input_hw, 3), np.float32))
         self._classifier_backends.append(backend)

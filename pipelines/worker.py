@@ -33,6 +33,7 @@ import numpy as np
 
 from brokers.base import Broker, BrokerError, BrokerUnavailable, Delivery
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from overhead.config import WorkerSettings
 from overhead.contract import topics
 from overhead.contract.records import wire_span
 
@@ -228,35 +229,17 @@ class ClassifierWorker:
 
 # -- process entry point ---------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The flags of ``WorkerSettings`` (overhead/config.py), generated."""
+    return WorkerSettings.parser(
         prog="python -m pipelines.worker",
         description="Classifier worker: consume crops from a broker, publish results. "
                     "The broker must live outside this process (redis://, kafka://); memory:// "
                     "only works inside the gateway process, where the gateway starts its own "
-                    "workers (--workers).")
-    p.add_argument("--broker", required=True, help="broker URL (not memory://, see above)")
-    p.add_argument("--classifier", default="mobilenetv2", help="model name (pipelines.models)")
-    p.add_argument("--models-dir", default=None, help="model cache directory")
-    p.add_argument("--backend", default="embedded", help="inference backend (pipelines.inference)")
-    p.add_argument("--triton-url", default=None,
-                   help="--backend triton: http://host:port or grpc://host:port")
-    p.add_argument("--tfserving-url", default=None,
-                   help="--backend tfserving: http://host:port (REST) or grpc://host:port")
-    p.add_argument("--preprocessor", default="opencv")
-    p.add_argument("--intra-op-threads", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1, help="max crops per classifier call")
-    p.add_argument("--max-delay-ms", type=float, default=0.0,
-                   help="wait at most this long after the first crop for the batch to fill")
-    p.add_argument("--group", default="classifiers")
-    p.add_argument("--name", default=None, help="consumer name (default: worker-HOST-PID)")
-    p.add_argument("--spans-dir", default=None,
-                   help="record spans here instead of sending them in the result headers")
-    p.add_argument("--log-level", default="info")
-    return p
+                    "workers (--workers). Options also read OVERHEAD_<NAME>.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = WorkerSettings.from_namespace(_parser().parse_args(argv))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.broker.startswith("memory"):
@@ -270,12 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.preprocess import get_preprocessor
 
     info = ensure_model(args.classifier, models_dir=args.models_dir)
-    opts = {}
-    if args.backend == "triton" and args.triton_url:
-        opts["url"] = args.triton_url
-    elif args.backend == "tfserving" and args.tfserving_url:
-        opts["url"] = args.tfserving_url
-    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads, **opts)
+    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads,
+                           **args.backend_options)
     broker = open_broker(args.broker)
     recorder = flusher = None
     if args.spans_dir:
@@ -284,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         recorder = SpanRecorder()
         flusher = SpanFlusher(recorder, args.spans_dir).start()
     worker = ClassifierWorker(broker, backend, get_preprocessor(args.preprocessor), info,
-                              recorder=recorder, batch=args.batch, max_delay_ms=args.max_delay_ms,
-                              group=args.group, name=args.name)
+                              recorder=recorder, batch=args.classifier_batch,
+                              max_delay_ms=args.max_delay_ms, group=args.group, name=args.name)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker._stop.set())
     log.info("%s consuming %r (group %r) from %s", worker.name, worker.crops_topic, worker.group,

@@ -44,9 +44,9 @@ class ManagedTriton:
     def __init__(self, run_dir, gateway_args: list[str], protocol: str = "grpc",
                  max_batch: int = 8, queue_delay_us: int = 100, instances: int = 1,
                  intra_op_threads: int = 1):
-        from pipelines.settings import GatewaySettings
+        from overhead.config import GatewaySettings
 
-        ns, _ = GatewaySettings.parser().parse_known_args(gateway_args)
+        ns = GatewaySettings.from_args(gateway_args, known_only=True)
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "triton"
         self.detector, self.classifier, self.models_dir = ns.detector, ns.classifier, ns.models_dir
