@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import RedisServer, TansuServer, ServerFailed, ServerMissing  # noqa: E402
 
-from pipelines.gateway import GatewayProcess  # noqa: E402
+from deploy.pipeline_processes import GatewayProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_OPTS = "claim_idle_ms=1500&claim_interval_ms=200&socket_timeout=2&connect_timeout=1"

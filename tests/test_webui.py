@@ -65,7 +65,7 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.fixture
 def real_gateway(tmp_path):
-    from pipelines.gateway import GatewayProcess
+    from deploy.pipeline_processes import GatewayProcess
     from pipelines.models import ensure_model
 
     det, cls = ensure_model("ssd_mobilenetv2"), ensure_model("mobilenetv2")
