@@ -9,8 +9,10 @@ generated Python-backend repository, ``deploy/triton/server.py``; none for ``emb
 (``redis-server`` with AOF, or ``tansu`` for Kafka, ``deploy/local_servers.py``; none for
 ``memory``), the gateway (``python -m pipelines.gateway`` on 127.0.0.1) and N classifier worker
 processes (``python -m pipelines.worker``; with ``memory`` they are N threads in the gateway).
-Ports default to ``deploy.services.LOCAL_PORTS`` (a free port when taken). It waits for each one to
-be ready, prints a table of what is on which port, writes ``RUN_DIR/stack.json`` (names, PIDs,
+Ports default to ``deploy.services.LOCAL_PORTS`` (a free port when taken). This module is only
+the CLI: the pieces run in one ``deploy.stack.Stack``, which starts each and probes it ready
+(Triton ``/v2/health/ready``, Redis ``PING``, a Kafka Metadata request, the gateway's
+``/healthz``, a worker's connection to its broker) before the next. Then it prints a table of what is on which port, writes ``RUN_DIR/stack.json`` (names, PIDs,
 process groups, ports, logs; logs in ``RUN_DIR/logs/``) and a line ``READY <gateway url>``, then
 runs until Ctrl-C / SIGTERM, or until a process of the stack dies. Stop: every process was started
 in its own session (process group = its PID); each is sent SIGTERM by PID, waited for, then its
