@@ -60,19 +60,16 @@ def test_ready_by_probe_not_by_start(tmp_path):
     assert (tmp_path / "web.log").read_text().startswith("$ ")   # the command line first
 
 
-def test_early_exit_raises_with_the_log_tail(tmp_path):
-    p = ManagedProcess("dies", [PY, "-c", "print('boom: no models', flush=True); raise SystemExit(3)"],
-                       tmp_path / "dies.log", ready=lambda: False)
-    with pytest.raises(ProcessFailed, match=r"(?s)dies exited \(code 3\).*boom: no models"):
-        p.start(timeout_s=20)
-    assert not p.alive()
-
-
-def test_not_ready_in_time_is_stopped(tmp_path):
-    p = ManagedProcess("hangs", [PY, "-c", "import time; print('loading', flush=True); time.sleep(60)"],
-                       tmp_path / "hangs.log", ready=lambda: False)
-    with pytest.raises(ProcessFailed, match=r"(?s)not ready after 1 s.*loading"):
-        p.start(timeout_s=1)
+@pytest.mark.parametrize("code, timeout_s, message", [
+    ("print('boom: no models', flush=True); raise SystemExit(3)", 20,
+     r"(?s)child exited \(code 3\).*boom: no models"),                  # exits during start-up
+    ("import time; print('loading', flush=True); time.sleep(60)", 1,
+     r"(?s)child not ready after 1 s.*loading"),                          # hangs: stopped
+])
+def test_start_failure_raises_with_the_log_tail(tmp_path, code, timeout_s, message):
+    p = ManagedProcess("child", [PY, "-c", code], tmp_path / "child.log", ready=lambda: False)
+    with pytest.raises(ProcessFailed, match=message):
+        p.start(timeout_s=timeout_s)
     assert not p.alive()
 
 
