@@ -3,7 +3,7 @@
     stack = Stack(server=TritonServer(...), broker=RedisServer(...),
                   gateway=GatewayProcess([...]), workers=[WorkerProcess(...), ...])
     with stack.start(timeout_s=180):       # server -> broker -> gateway -> workers, each ready
-        stack.gateway.url, stack.pids()     # {name: pid} of what runs
+        stack.gateway.url, stack.pids()     # {name: pid} of what runs; cpu_pids(), describe()
         stack.kill("worker-0"); stack.restart("redis")      # fault tests
     # stopped in reverse order, every piece by PID (SIGTERM, then SIGKILL of its group)
 
@@ -108,6 +108,13 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self.started if p.alive()}
+
+    def cpu_pids(self) -> dict[str, int]:
+        """The running pieces besides the gateway whose CPU a run records (``process_cpu``):
+        ``broker-<name>`` for the broker server, the others by name."""
+        return {("broker-" + p.name if p is self.broker else p.name): p.pid
+                for p in (self.server, self.broker, *self.workers)
+                if p is not None and p in self.started and p.alive()}
 
     def describe(self) -> list[dict]:
         """One row per piece: name, pid, pgid (= pid: its own session), port, url, log."""

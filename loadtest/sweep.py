@@ -64,7 +64,7 @@ from loadtest.errors import SweepError  # noqa: E402
 from loadtest.locust_runner import LocustRun, locust_command  # noqa: E402
 from loadtest.progress import DepthSampler, http_get_json  # noqa: E402
 from loadtest.sweep_stack import (  # noqa: E402
-    build_stack, describe_stack, extra_pids, join_serving, stop_stack, wait_ready,
+    build_stack, describe_stack, join_serving, stop_stack, wait_ready,
 )
 from loadtest.runinfo import corpus_manifest, corpus_summary, run_config  # noqa: E402
 
@@ -263,7 +263,7 @@ class Sweep:
         def sample(now: int) -> None:
             gc = cpu_seconds(self.gateway.pid) if self.gateway else None
             self.samples.append((now, self.locust.cpu_seconds(), gc))
-            for name, pid in extra_pids(self.stack).items():
+            for name, pid in (self.stack.cpu_pids() if self.stack else {}).items():
                 self.proc_samples.append((now, name, cpu_seconds(pid)))
             for p in (self.stack.dead() if self.stack else []):
                 raise SweepError(f"{p.name} died during the sweep (code {p.exit_code}); last "

@@ -111,15 +111,6 @@ def describe_stack(stack: Stack, config: dict) -> None:
     _say(f"the gateway runs (pid {gw.pid}, log {gw.log_path})")
 
 
-def extra_pids(stack: Stack | None) -> dict:
-    """Processes besides Locust and the gateway whose CPU is recorded per step."""
-    if stack is None:
-        return {}
-    return {("broker-" + p.name if p is stack.broker else p.name): p.pid
-            for p in (stack.server, stack.broker, *stack.workers)
-            if p is not None and p.alive()}
-
-
 def stop_stack(stack: Stack | None, config: dict) -> None:
     """Stop workers, gateway, broker, server (in that order, by PID) and record how."""
     if stack is None or not stack.started:

@@ -127,6 +127,7 @@ def test_stack_order_failure_cleanup_and_reverse_stop(tmp_path):
         assert events == ["server", "broker", "gateway", "worker-0"]
         pids = stack.pids()
         assert list(pids) == events
+        assert list(stack.cpu_pids()) == ["server", "broker-broker", "worker-0"]   # not the gateway
         stack.kill("worker-0")
         assert [p.name for p in stack.dead()] == ["worker-0"]
         stack.restart("worker-0", timeout_s=20)
