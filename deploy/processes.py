@@ -25,6 +25,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -187,7 +188,11 @@ class ManagedProcess:
         else:
             _signal(proc, self.stop_signal)
             _, alive = psutil.wait_procs([proc], timeout=timeout_s)
-            self.stopped_by = "SIGKILL" if alive else signal.Signals(self.stop_signal).name
+            sig = signal.Signals(self.stop_signal).name
+            self.stopped_by = "SIGKILL" if alive else sig
+            if alive:
+                print(f"{self.name} (pid {proc.pid}) did not stop within {timeout_s:g} s after "
+                      f"{sig}; killing its process group", file=sys.stderr, flush=True)
         _kill_group(proc, descendants)
         _RUNNING.pop(proc.pid, None)
         self.returncode = int(proc.wait(10))
