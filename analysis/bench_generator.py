@@ -24,12 +24,12 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from deploy.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
@@ -71,25 +71,17 @@ def serve(port: int) -> None:
 
 
 # --- the harness --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port: int, timeout: float = 20.0) -> None:
+def noop_ready(port: int) -> bool:
+    """The no-op server answers a POST with the request id it was sent."""
     import urllib.request
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=b"x",
-                                         headers={"X-Request-ID": "ping"})
-            with urllib.request.urlopen(req, timeout=1) as r:
-                if r.status == 200 and b'"ping"' in r.read():
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"no-op server on port {port} not ready in {timeout} s")
+
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/infer", data=b"x",
+                                     headers={"X-Request-ID": "ping"})
+        with urllib.request.urlopen(req, timeout=1) as r:
+            return r.status == 200 and b'"ping"' in r.read()
+    except OSError:
+        return False
 
 
 def cpu_s(p) -> float:
@@ -122,19 +114,15 @@ def run_step(host_port: int, server_pid: int, users: int, seconds: float, warmup
            "--overhead-run-dir", str(run_dir), "--overhead-manifest", str(manifest),
            "--overhead-steps", f"{users}:{seconds:g}", "--overhead-step-seconds", f"{seconds:g}",
            "--overhead-warmup-seconds", f"{warmup:g}", "--overhead-no-components"]
-    log = open(run_dir / "locust.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = ManagedProcess("locust", cmd, run_dir / "locust.log").spawn()
     lp, sp = psutil.Process(proc.pid), psutil.Process(server_pid)
     samples = []
     deadline = time.monotonic() + seconds + 60
-    while proc.poll() is None and time.monotonic() < deadline:
+    while proc.alive() and time.monotonic() < deadline:
         samples.append(dict(t=time.time_ns(), locust=cpu_s(lp), server=cpu_s(sp)))
         time.sleep(0.25)
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(10)
-    log.close()
-    out = dict(users=users, rc=proc.returncode, locust_pid=proc.pid, server_affinity=None)
+    locust_pid = proc.pid
+    out = dict(users=users, rc=proc.stop(), locust_pid=locust_pid, server_affinity=None)
     try:
         out["server_affinity"] = sp.cpu_affinity()
     except (psutil.Error, AttributeError):
@@ -183,24 +171,19 @@ def main(argv=None) -> int:
     manifest.write_text(json.dumps([{"name": "tiny", "size_class": "tiny", "path": str(payload)}]))
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(port)],
-                              stdout=open(work / "server.log", "w"), stderr=subprocess.STDOUT)
+    server = ManagedProcess("noop-server", [sys.executable, str(Path(__file__).resolve()), "--serve",
+                                            str(port)], work / "server.log",
+                            ready=lambda: noop_ready(port))
     env = dict(python=platform.python_version(), locust=locust.__version__, uvicorn=uvicorn.__version__,
                loop=_has("uvloop"), http=_has("httptools"), cpus=os.cpu_count(),
                affinity=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                loadavg_before=[round(x, 2) for x in os.getloadavg()], payload_bytes=args.payload_bytes,
-               seconds=args.seconds, warmup=args.warmup, workdir=str(work), server_pid=server.pid)
+               seconds=args.seconds, warmup=args.warmup, workdir=str(work))
     results = []
-    try:
-        wait_ready(port)
+    with server:
+        env["server_pid"] = server.pid
         for u in users:
             results.append(run_step(port, server.pid, u, args.seconds, args.warmup, manifest, work))
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
     env["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
 
     print("Load-generator capacity: real locustfile (FastHttpUser, closed loop) -> NO-OP server "

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     import psutil
 
     from pipelines.corpus import build_corpus
-    from pipelines.gateway import GatewayProcess
+    from deploy.pipeline_processes import GatewayProcess
     from pipelines.models import ensure_model
 
     det = ensure_model(args.detector, models_dir=args.models_dir)

@@ -1,6 +1,7 @@
 """REAL broker servers for tests: re-exports ``deploy.local_servers`` (``RedisServer``,
 ``TansuServer``, ``free_port``, ...) and adds pytest fixtures (``redis_server``,
-``redis_aof_server``, ``tansu_server``, ``tansu_server_fresh``). Test modules import the fixtures
+``redis_aof_server``, ``tansu_server``, ``tansu_server_fresh``), each a one-piece
+``deploy.stack.Stack``. Test modules import the fixtures
 explicitly (``from servers import ...``); it also works as a plugin (``pytest_plugins =
 ["servers"]`` with ``tests/`` on sys.path).
 
@@ -20,6 +21,7 @@ from deploy.local_servers import (  # noqa: E402,F401  (re-exported)
     ENSURE_HINT, RedisServer, ServerFailed, ServerMissing, ServerProcess, TansuServer, free_port,
     is_local_url, redis_server_binary, start_local, tansu_binary,
 )
+from deploy.stack import Stack  # noqa: E402
 
 # ---------------------------------------------------------------------- pytest fixtures
 try:
@@ -28,40 +30,34 @@ except ImportError:  # helpers only (benchmarks)
     pytest = None
 
 if pytest is not None:
-    def _start_or_fail(make):
+    def _serve(make) -> Stack:
+        """A started ``deploy.stack.Stack`` holding one broker server (a failure, never a skip,
+        when it is missing or does not start)."""
         try:
-            server = make()
-        except ServerMissing as exc:
-            pytest.fail(str(exc), pytrace=False)
-        try:
-            return server.start()
-        except ServerFailed as exc:
+            return Stack(broker=make(), say=lambda msg: None).start(15)
+        except (ServerMissing, ServerFailed) as exc:
             pytest.fail(str(exc), pytrace=False)
 
     @pytest.fixture(scope="session")
     def redis_server(tmp_path_factory):
         """A session-wide redis-server without persistence."""
-        server = _start_or_fail(lambda: RedisServer(tmp_path_factory.mktemp("redis")))
-        yield server
-        server.stop()
+        with _serve(lambda: RedisServer(tmp_path_factory.mktemp("redis"))) as stack:
+            yield stack.broker
 
     @pytest.fixture
     def redis_aof_server(tmp_path):
         """A fresh redis-server with AOF on (for stop/restart tests)."""
-        server = _start_or_fail(lambda: RedisServer(tmp_path / "redis-aof", appendonly=True))
-        yield server
-        server.stop()
+        with _serve(lambda: RedisServer(tmp_path / "redis-aof", appendonly=True)) as stack:
+            yield stack.broker
 
     @pytest.fixture(scope="session")
     def tansu_server(tmp_path_factory):
         """A session-wide tansu Kafka-protocol broker (memory storage)."""
-        server = _start_or_fail(lambda: TansuServer(tmp_path_factory.mktemp("tansu")))
-        yield server
-        server.stop()
+        with _serve(lambda: TansuServer(tmp_path_factory.mktemp("tansu"))) as stack:
+            yield stack.broker
 
     @pytest.fixture
     def tansu_server_fresh(tmp_path):
         """A tansu broker of its own (for stop/restart tests)."""
-        server = _start_or_fail(lambda: TansuServer(tmp_path / "tansu"))
-        yield server
-        server.stop()
+        with _serve(lambda: TansuServer(tmp_path / "tansu")) as stack:
+            yield stack.broker

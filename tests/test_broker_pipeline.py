@@ -6,9 +6,6 @@ request lost, none counted twice), malformed crops (dead-lettered, worker alive)
 (503 at once) and back (the gateway recovers by itself)."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import RedisServer, TansuServer, ServerFailed, ServerMissing  # noqa: E402
 
-from pipelines.gateway import GatewayProcess  # noqa: E402
+import deploy.stack  # noqa: E402
+from deploy.pipeline_processes import GatewayProcess, WorkerProcess  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 REDIS_OPTS = "claim_idle_ms=1500&claim_interval_ms=200&socket_timeout=2&connect_timeout=1"
 KAFKA_OPTS = "session_timeout_ms=6000&heartbeat_interval_ms=1000&fetch_max_wait_ms=10"
 
@@ -55,45 +52,13 @@ def _gateway(real_models, d: Path, broker: str, *extra) -> GatewayProcess:
     return GatewayProcess(args, d / "gateway.log")
 
 
-class WorkerProcess:
-    def __init__(self, broker: str, real_models, log: Path, name: str):
-        self.log = log
-        self.argv = [sys.executable, "-m", "pipelines.worker", "--broker", broker,
-                     "--classifier", real_models[1].name, "--models-dir", _models_dir(real_models),
-                     "--name", name, "--intra-op-threads", "1"]
-        self.proc = None
+class Worker(WorkerProcess):
+    """A classifier worker process (``deploy.pipeline_processes``); ``kill9()`` is a crash."""
+    kill9 = WorkerProcess.kill
 
-    def start(self) -> "WorkerProcess":
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as f:
-            self.proc = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=str(REPO))
-        return self
-
-    def wait_consuming(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if "consuming" in self.log.read_text(errors="replace"):
-                return
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            time.sleep(0.05)
-        raise AssertionError(f"worker not consuming: {self.log.read_text()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    @property
+    def log(self) -> Path:
+        return self.log_path
 
 
 def _server(make):
@@ -103,35 +68,29 @@ def _server(make):
         pytest.fail(str(exc), pytrace=False)
 
 
-class Stack:
-    """A broker server, a gateway with --workers 0 and N worker processes."""
+class Stack(deploy.stack.Stack):
+    """A broker server, a gateway with --workers 0 and N worker processes (``deploy.stack``),
+    plus an HTTP client of the gateway."""
 
     def __init__(self, server, url, real_models, d: Path, n_workers=2):
-        self.server, self.url, self.dir = server, url, d
-        self.workers = [WorkerProcess(url, real_models, d / "logs" / f"worker-{i}.log", f"w{i}")
-                        for i in range(n_workers)]
-        self.gateway = _gateway(real_models, d, url, "--workers", "0")
+        self.url = url
+        wargs = ["--classifier", real_models[1].name, "--models-dir", _models_dir(real_models),
+                 "--intra-op-threads", "1"]
+        super().__init__(broker=server, gateway=_gateway(real_models, d, url, "--workers", "0"),
+                         workers=[Worker(url, wargs, d / "logs" / f"worker-{i}.log", name=f"w{i}")
+                                  for i in range(n_workers)])
+        self.server = server
+        self.client = None
 
     def start(self) -> "Stack":
-        for w in self.workers:
-            w.start()
-        try:
-            self.gateway.start()
-            for w in self.workers:
-                w.wait_consuming()
-        except BaseException:
-            self.stop()
-            raise
+        super().start(timeout_s=120)
         self.client = httpx.Client(base_url=self.gateway.url, timeout=40)
         return self
 
     def stop(self) -> None:
-        if getattr(self, "client", None) is not None:
+        if self.client is not None:
             self.client.close()
-        self.gateway.stop()
-        for w in self.workers:
-            w.stop()
-        self.server.stop()
+        super().stop()
 
 
 def _post(client, name, data, rid):

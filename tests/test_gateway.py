@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.gateway import GatewayProcess
+from deploy.pipeline_processes import GatewayProcess
 
 MAX_UPLOAD_MB = 8
 SERVER_TIMING_KEYS = ("gateway-transfer", "detect-decode", "detect-resize", "detect-normalize",

@@ -212,7 +212,7 @@ def test_gateway_with_the_triton_backend_serves_end_to_end(triton_server, triton
                                                            protocol):
     import httpx
 
-    from pipelines.gateway import GatewayProcess
+    from deploy.pipeline_processes import GatewayProcess
     from pipelines.inference import OrtSession
     from pipelines.postprocess import select_boxes, to_pixels
     from pipelines.preprocess import crop, get_preprocessor

@@ -17,17 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from deploy.processes import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, form: dict | None = None) -> dict:
@@ -65,7 +59,7 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.fixture
 def real_gateway(tmp_path):
-    from pipelines.gateway import GatewayProcess
+    from deploy.pipeline_processes import GatewayProcess
     from pipelines.models import ensure_model
 
     det, cls = ensure_model("ssd_mobilenetv2"), ensure_model("mobilenetv2")
@@ -94,7 +88,7 @@ def _manifest(tmp_path) -> Path:
 def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
     gw, spans_dir = real_gateway
     run_dir = tmp_path / "ui-run"
-    port = _free_port()
+    port = free_port()
     web = f"http://127.0.0.1:{port}"
     log = tmp_path / "locust.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}

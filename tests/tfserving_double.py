@@ -29,11 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from deploy.processes import free_port
 
 
 class TFServingDouble:
@@ -48,8 +44,8 @@ class TFServingDouble:
                     fn = tf.saved_model.load(str(vdir)).signatures["serving_default"]
                     self.models.setdefault(m, {})[int(vdir.name)] = fn
         self.lock = threading.Lock()        # one TF call at a time (2 cores)
-        self.grpc_port = _free_port()
-        self.rest_port = _free_port()
+        self.grpc_port = free_port()
+        self.rest_port = free_port()
         self._grpc = None
         self._http = None
         self._socks: set = set()

@@ -53,10 +53,10 @@ def triton_repo(triton_models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def triton_server(triton_repo, tmp_path_factory):
     require_triton()
+    from deploy.stack import Stack
     from deploy.triton.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton_log") / "tritonserver.log"
     srv = TritonServer(triton_repo, log_path=log, threads=1)
-    srv.start(timeout_s=90)
-    yield srv
-    srv.stop()
+    with Stack(server=srv, say=lambda msg: None).start(90):
+        yield srv

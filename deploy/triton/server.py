@@ -18,11 +18,9 @@ stub is left behind. Failures raise ``TritonServerError`` with the log tail.
 """
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,21 +29,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.processes import stop_process
+from deploy.probes import http_ok
+from deploy.processes import ManagedProcess, ProcessFailed, free_port  # noqa: F401 (re-export)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENSURE_HINT = "run scripts/ensure_triton.sh (make test calls it)"
-_RUNNING: dict[int, "TritonServer"] = {}
 
 
-class TritonServerError(RuntimeError):
+class TritonServerError(ProcessFailed):
     """The server binary is missing, or did not become ready."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def server_venv() -> Path:
@@ -127,8 +119,10 @@ def _pyvenv_home(venv: Path) -> Path | None:
     return None
 
 
-class TritonServer:
-    """The real ``tritonserver`` on loopback ports, serving ``repo`` (all models loaded)."""
+class TritonServer(ManagedProcess):
+    """The real ``tritonserver`` on loopback ports, serving ``repo`` (all models loaded): a
+    ``ManagedProcess`` ready when ``GET /v2/health/ready`` answers 200, failed at once when the
+    repository index reports a model UNAVAILABLE."""
 
     def __init__(self, repo: str | os.PathLike, http_port: int | None = None,
                  grpc_port: int | None = None, host: str = "127.0.0.1",
@@ -145,13 +139,14 @@ class TritonServer:
         self.trace_file = Path(trace_file) if trace_file else None
         self.trace_rate = trace_rate
         self.trace_log_frequency = trace_log_frequency
-        self.log_path = Path(log_path) if log_path else Path(
+        log_path = Path(log_path) if log_path else Path(
             tempfile.mkdtemp(prefix="overhead-triton-")) / f"tritonserver-{self.http_port}.log"
         self.log_verbose = log_verbose
         self.threads = threads
         self.install = TritonInstall(venv)
         self.extra_args = list(extra_args or [])
-        self.proc: subprocess.Popen | None = None
+        super().__init__("tritonserver", [], log_path, env=self.install.env(threads),
+                         cwd=log_path.parent, stop_timeout_s=10.0)
 
     @property
     def http_url(self) -> str:
@@ -161,11 +156,7 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def argv(self) -> list[str]:
+    def argv_now(self) -> list[str]:
         a = [str(self.install.binary), f"--model-repository={self.repo}",
              f"--backend-directory={self.install.backend_dir}",
              f"--http-address={self.host}", f"--http-port={self.http_port}",
@@ -181,95 +172,61 @@ class TritonServer:
                 a += ["--trace-config", f"log-frequency={self.trace_log_frequency}"]
         return a + self.extra_args
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def ready(self) -> bool:
+        if http_ok(f"http://{self.http_url}/v2/health/ready", 0.5):
+            return True
+        broken = self.unavailable_models() or self._fatal_in_log()
+        if broken:
+            raise TritonServerError(f"tritonserver could not load the repository {self.repo} "
+                                    f"({broken}); log {self.log_path}:\n{self.log_tail()}")
+        return False
 
-    def ready(self, timeout_s: float = 0.5) -> bool:
+    def unavailable_models(self) -> str | None:
+        """``"model: reason"`` for models the repository index reports UNAVAILABLE."""
+        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}",
+                                     method="POST")
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready",
-                                        timeout=timeout_s) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def start(self, timeout_s: float = 60.0) -> "TritonServer":
-        if self.running():
-            return self
-        if not self.repo.is_dir():
-            raise TritonServerError(f"model repository {self.repo} does not exist")
-        self.install.prepare_backends()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.install.env(self.threads),
-                                         cwd=self.log_path.parent, start_new_session=True)
-        _RUNNING[self.proc.pid] = self
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                rc = self.proc.returncode
-                self.stop()
-                raise TritonServerError(f"tritonserver exited with {rc} during start-up "
-                                        f"(repo {self.repo}); log {self.log_path}:\n{self.log_tail()}")
-            if self.ready():
-                return self
-            fatal = self._fatal_in_log()
-            if fatal:
-                self.stop()
-                raise TritonServerError(f"tritonserver could not load the repository {self.repo} "
-                                        f"({fatal!r}); log {self.log_path}:\n{self.log_tail()}")
-            time.sleep(0.1)
-        self.stop()
-        raise TritonServerError(f"tritonserver on {self.http_url} not ready after {timeout_s:g} s "
-                                f"(repo {self.repo}); log {self.log_path}:\n{self.log_tail()}")
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM the server (it unloads models, writes the trace file), wait, then SIGKILL its
-        process group so no Python stub outlives it. Returns the exit code."""
-        proc, self.proc = self.proc, None
-        if proc is None:
+            with urllib.request.urlopen(req, timeout=0.5) as r:
+                index = json.load(r)
+        except (urllib.error.URLError, OSError, ValueError):
             return None
-        _RUNNING.pop(proc.pid, None)
-        return stop_process(proc, timeout_s)  # the group = the server's PID: its Python stubs
+        bad = [f"{m.get('name')}: {m.get('reason', '')}" for m in index
+               if m.get("state") == "UNAVAILABLE"]
+        return "; ".join(bad) or None
 
-    # log lines that mean start-up will not succeed (some of them leave the server hanging)
+    # Some load failures leave tritonserver hanging before its endpoints open (a Python stub that
+    # cannot start): nothing to probe, only its log says so. Used to fail fast, never for ready.
     FATAL_MARKERS = ("Failed to preinitialize Python stub", "failed to load '", "error: creating server",
                      "Stub process", "Internal: ", "Invalid argument: ", "Poll failed for model")
 
     def _fatal_in_log(self) -> str | None:
-        text = self.log_tail(20000)
-        for line in text.splitlines():
+        for line in self.log_since_start()[-20000:].splitlines():
             if line.startswith("E") or "pb_stub" in line:
                 for m in self.FATAL_MARKERS:
                     if m in line:
                         return line.strip()[-300:]
         return None
 
-    def log_tail(self, n: int = 3000) -> str:
+    def start(self, timeout_s: float = 60.0) -> "TritonServer":
+        if not self.repo.is_dir():
+            raise TritonServerError(f"model repository {self.repo} does not exist")
+        self.install.prepare_backends()
         try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+            return super().start(timeout_s)
+        except TritonServerError:
+            raise
+        except ProcessFailed as exc:
+            raise TritonServerError(f"{exc} (repo {self.repo})") from None
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM the server (it unloads models, writes the trace file), wait, then SIGKILL its
+        process group so no Python stub outlives it. Returns the exit code."""
+        return super().stop(timeout_s)
 
     def model_stats(self, model: str) -> dict:
         with urllib.request.urlopen(f"http://{self.http_url}/v2/models/{model}/stats",
                                     timeout=5) as r:
             return json.load(r)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-@atexit.register
-def _stop_all() -> None:
-    for srv in list(_RUNNING.values()):
-        try:
-            srv.stop(timeout_s=3)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """``python -m loadtest.sweep ... --server triton``: a local Triton for one sweep, and Triton's own
 clocks joined into the run's spans.
 
-* ``ManagedTriton(run_dir, gateway_args, ...).start()`` writes the model repository (python
+* ``ManagedTriton.for_gateway(run_dir, gateway_args, ...).start()`` (a ``TritonServer``, the
+  Stack's server piece) writes the model repository (python
   flavour) for the gateway's detector and classifier into ``RUN_DIR/triton/repo``, starts the real
   ``tritonserver`` with ``--trace-config level=TIMESTAMPS rate=1`` (trace file
   ``RUN_DIR/triton/trace.json``, log ``RUN_DIR/logs/tritonserver.log``) and gives the gateway
@@ -23,6 +24,8 @@ import os
 import time
 from pathlib import Path
 
+from deploy.triton.server import TritonServer
+
 SERVERS = ("embedded", "triton")
 
 
@@ -40,43 +43,58 @@ def add_arguments(ap) -> None:
     ap.add_argument("--triton-instances", type=int, default=1)
 
 
-class ManagedTriton:
-    def __init__(self, run_dir, gateway_args: list[str], protocol: str = "grpc",
-                 max_batch: int = 8, queue_delay_us: int = 100, instances: int = 1,
-                 intra_op_threads: int = 1):
-        from overhead.config import GatewaySettings
+class ManagedTriton(TritonServer):
+    """The Stack's Triton piece: writes the python-flavour repository for ``detector`` and
+    ``classifier`` at start, serves it (trace on unless ``trace=False``), and records
+    ``/v2/models/<m>/stats`` just before it stops."""
 
-        ns = GatewaySettings.from_args(gateway_args, known_only=True)
+    def __init__(self, run_dir, detector: str, classifier: str, models_dir: str | None = None,
+                 protocol: str = "grpc", max_batch: int = 8, queue_delay_us: int = 100,
+                 instances: int = 1, intra_op_threads: int = 1, trace: bool = True,
+                 repo: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None,
+                 http_port: int | None = None, grpc_port: int | None = None,
+                 name: str = "tritonserver"):
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "triton"
-        self.detector, self.classifier, self.models_dir = ns.detector, ns.classifier, ns.models_dir
+        self.detector, self.classifier, self.models_dir = detector, classifier, models_dir
         self.protocol = protocol
         self.opts = dict(max_batch=max_batch, queue_delay_us=queue_delay_us, instances=instances,
                          intra_op_threads=intra_op_threads)
-        self.server = None
+        super().__init__(Path(repo) if repo else self.dir / "repo", http_port, grpc_port,
+                         trace_file=self.dir / "trace.json" if trace else None,
+                         log_path=log_path or self.run_dir / "logs" / "tritonserver.log",
+                         threads=1)
+        self.name = name
         self.stats: dict = {}
         self.info: dict = {}
 
+    @classmethod
+    def for_gateway(cls, run_dir, gateway_args: list[str], **kw) -> "ManagedTriton":
+        """The models the gateway options (``--detector``, ``--classifier``, ``--models-dir``) ask for."""
+        from overhead.config import GatewaySettings
+
+        ns = GatewaySettings.from_args(gateway_args, known_only=True)
+        return cls(run_dir, ns.detector, ns.classifier, ns.models_dir, **kw)
+
     @property
     def url(self) -> str:
-        s = self.server
-        return f"grpc://{s.grpc_url}" if self.protocol == "grpc" else f"http://{s.http_url}"
+        return f"grpc://{self.grpc_url}" if self.protocol == "grpc" else f"http://{self.http_url}"
+
+    @property
+    def port(self) -> str:
+        return f"{self.http_port} http, {self.grpc_port} grpc"
 
     def start(self, timeout_s: float = 120.0) -> "ManagedTriton":
         from deploy.triton.repository import write_repository
-        from deploy.triton.server import TritonServer
         from pipelines.models import ensure_model
 
         infos = [ensure_model(n, models_dir=self.models_dir) for n in (self.detector, self.classifier)]
-        repo = self.dir / "repo"
-        write_repository(repo, infos, flavour="python", **self.opts)
-        self.server = TritonServer(repo, trace_file=self.dir / "trace.json",
-                                   log_path=self.run_dir / "logs" / "tritonserver.log", threads=1)
-        self.server.start(timeout_s=timeout_s)
+        write_repository(self.repo, infos, flavour="python", **self.opts)
+        super().start(timeout_s)
         self.info = {"server": "triton", "protocol": self.protocol, "url": self.url,
-                     "pid": self.server.pid, "repository": str(repo), "flavour": "python",
-                     **self.opts, "trace_file": str(self.server.trace_file),
-                     "log": str(self.server.log_path),
+                     "pid": self.pid, "repository": str(self.repo), "flavour": "python",
+                     **self.opts, "trace_file": str(self.trace_file),
+                     "log": str(self.log_path),
                      "stages": {"detect": {"server": "triton", "model": self.detector},
                                 "classify": {"server": "triton", "model": self.classifier}}}
         return self
@@ -84,23 +102,24 @@ class ManagedTriton:
     def gateway_args(self) -> list[str]:
         return ["--backend", "triton", "--triton-url", self.url]
 
-    def pid(self) -> int | None:
-        return self.server.pid if self.server else None
-
-    def stop(self) -> None:
+    def stop(self, timeout_s: float | None = None) -> int | None:
         """Record the statistics, then stop the server (it writes the trace file)."""
-        if self.server is None:
-            return
+        if self.alive():
+            self._record_stats()
+        code = super().stop(timeout_s)
+        if self.info:
+            self.info["exit_code"] = code
+        return code
+
+    def _record_stats(self) -> None:
         try:
             for m in (self.detector, self.classifier):
-                entries = self.server.model_stats(m).get("model_stats") or [{}]
+                entries = self.model_stats(m).get("model_stats") or [{}]
                 self.stats[m] = entries[0]
         except Exception as exc:  # noqa: BLE001 - the run matters more than its stats
             self.stats["error"] = f"{type(exc).__name__}: {exc}"
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "stats.json").write_text(json.dumps(self.stats, indent=1))
-        self.info["exit_code"] = self.server.stop()
-        self.server = None
 
     # -- trace join --------------------------------------------------------------------------
     def join(self, run_dir=None) -> dict:

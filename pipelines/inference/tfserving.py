@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
