@@ -44,7 +44,6 @@ import sys
 import time
 import urllib.error
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from deploy.processes import ProcessFailed, log_tail
 from deploy.stack import Stack
