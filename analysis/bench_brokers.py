@@ -18,14 +18,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from deploy.local_servers import RedisServer, TansuServer  # noqa: E402
+from deploy.local_servers import RedisServer, TansuServer
 
 KAFKA_GROUP_OPTS = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000)
 

@@ -260,3 +260,26 @@ def test_batching_tuner_smoke(tmp_path):
     assert f"preferred_batch_size: [ {', '.join(map(str, rec['allowed_batch_sizes']))} ]" in tri
     assert f"count: {rec['num_batch_threads']}" in tri
     assert rec["max_batch_size"] in set(df.max_batch[df.chosen])
+
+
+def test_rest_vs_grpc_smoke(tmp_path):
+    from deploy.triton.server import server_venv
+    assert (server_venv() / "bin" / "python").exists(), \
+        "Triton server venv missing: run scripts/ensure_triton.sh (make test does)"
+    from analysis.studies import rest_vs_grpc
+    out = tmp_path / "rg"
+    with _CpuMeter() as m:
+        assert rest_vs_grpc.main(["--smoke", "--out", str(out), "--models", "custom_cnn", "--requests", "24",
+                                  "--concurrency", "4"]) == 0
+    _assert_report(out, ["rest_vs_grpc.csv"], m)
+    import pandas as pd
+    df = pd.read_csv(out / "rest_vs_grpc.csv").set_index("protocol")
+    assert sorted(df.index) == ["grpc", "http"] and (df.model == "custom_cnn").all()
+    assert (df.errors == 0).all() and (df.requests == 24).all(), df
+    # Triton's own queue + compute sit inside the client's average round trip; the rest is ours
+    assert (df.server_compute_ms > 0).all() and (df.server_infer_ms <= df.server_compute_ms).all(), df
+    np.testing.assert_allclose(df.client_minus_server_ms,
+                               df.avg_ms - df.server_queue_ms - df.server_compute_ms, rtol=1e-9)
+    assert (df.client_minus_server_ms > 0).all(), df
+    np.testing.assert_allclose(df.throughput_rps, df.requests / df.wall_s, rtol=1e-9)
+    assert (df.executions >= 24 / 4).all() and (df.avg_batch <= 4).all(), df   # --max-batch 4
