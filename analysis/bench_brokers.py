@@ -229,9 +229,9 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.fetch_max_wait_ms is None:
-        from brokers.kafka import _OPTIONS
+        from brokers.kafka_config import OPTIONS
 
-        args.fetch_max_wait_ms = _OPTIONS["fetch_max_wait_ms"][1]
+        args.fetch_max_wait_ms = OPTIONS["fetch_max_wait_ms"][1]
     import platform
 
     import kafka
