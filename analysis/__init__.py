@@ -1,2 +1,3 @@
-"""Analysis of run directories: ``breakdown.py`` (the report users run) and ``rundir.py`` (run
-directory paths, schemas and read/write helpers); studies live next to them as scripts."""
+"""Analysis of run directories: ``breakdown.py`` (the report users run), ``compare.py``,
+``trace_export.py``; studies live next to them. The run-directory contract they read is
+``overhead.contract``."""

@@ -48,7 +48,7 @@ def run_one(name: str, out: Path, users: int, seconds: float, size: str,
 
 def row_for(name: str, run: Path) -> dict:
     from analysis.compare import summarize_run
-    from analysis.rundir import read_config
+    from overhead.contract.runconfig import read_config
 
     s = summarize_run(run, name)
     m = s.main.iloc[-1]

@@ -59,15 +59,16 @@ def span_cost_us(n: int = 20000) -> float:
     """CPU microseconds to record one span with attrs and flush it to Parquet, measured here."""
     import pyarrow.parquet as pq
 
+    from overhead.contract.records import Span
     from pipelines.spans import SpanRecorder, spans_to_table
 
-    pq.write_table(spans_to_table([("r", "s", "c", 0, 1, None)]), tempfile.mktemp(suffix=".parquet"))
+    pq.write_table(spans_to_table([Span("r", "s", "c", 0, 1, None)]), tempfile.mktemp(suffix=".parquet"))
     rec = SpanRecorder()
     t0 = time.process_time()
     for i in range(n):
         rec.record("0123456789abcdef0123456789abcdef", "classify", "inference", i, i + 1, {"crop": 3})
     path = tempfile.mktemp(suffix=".parquet")
-    pq.write_table(spans_to_table(rec.drain()), path)
+    pq.write_table(rec.drain_table(), path)   # what SpanFlusher does
     os.unlink(path)
     return (time.process_time() - t0) / n * 1e6
 

@@ -14,7 +14,7 @@ definition (open loop: intended send -> recv, so schedule lag counts; closed loo
 and the schedule lag (intended -> real send) p50/p99, then component shares as above.
 
 Prints a rich table and writes compare.md (default: next to the runs, in the first run
-directory's parent). The summaries are the breakdown report's own (``analysis.breakdown``): same
+directory's parent). The summaries are the breakdown report's own (``analysis.report``): same
 closure, same step windows.
 """
 from __future__ import annotations
@@ -25,13 +25,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from analysis.breakdown import (UNCOVERED, assign_steps, attribute, load_run,  # noqa: E402
-                                open_loop_view, size_sort_key, summarize)
+from analysis.report.attribution import UNCOVERED, attribute
+from analysis.report.load import load_run, open_loop_view
+from analysis.report.summary import assign_steps, size_sort_key, summarize
 
 HIGHLIGHT = "broker"
 

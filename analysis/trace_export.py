@@ -21,13 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import numpy as np
 import pandas as pd
 
-from analysis.rundir import RunDir, read_config, read_requests, read_spans, read_steps
+from overhead.contract.runconfig import read_config
+from overhead.contract.rundir import RunDir, read_requests, read_spans, read_steps
 
 NS_PER_US = 1000.0
 
@@ -76,34 +74,11 @@ def build_trace(run_dir, slowest: int | None = None, group: str = "step") -> dic
     run = RunDir(run_dir)
     if not run.requests.exists():
         raise FileNotFoundError(f"{run.requests} not found: is {run.path} a run directory?")
-    req = read_requests(run.path).drop_duplicates("request_id").reset_index(drop=True)
-    spans = read_spans(run.path)
     steps = read_steps(run.path)
-    config = read_config(run.path)
-    rates = (config.get("load") or {}).get("rates")
-
-    intended = req["intended_ns"].fillna(req["send_ns"]).astype(np.int64)
-    req["start_ns"] = np.minimum(intended, req["send_ns"].astype(np.int64))
-    req["e2e_ns"] = req["recv_ns"].astype(np.int64) - req["start_ns"]
-    req["step"] = _step_of(req, steps) if len(steps) else 0
-    if slowest is not None and slowest >= 0:
-        req = req.nlargest(slowest, "e2e_ns", keep="first")
-    req = req.sort_values("start_ns").reset_index(drop=True)
+    req = _requests(run, steps, slowest)
     t0 = int(req["start_ns"].min()) if len(req) else 0
-
-    users = dict(zip(steps["step"], steps["users"])) if len(steps) else {}
-
-    def group_of(r) -> tuple[int, str]:
-        if group == "size":
-            sizes = sorted(req["size_class"].dropna().unique().tolist())
-            return (sizes.index(r.size_class) + 1 if r.size_class in sizes else 0, f"size {r.size_class}")
-        st = int(r.step)
-        if st < 0:
-            return 0, "outside the steps"
-        if rates and st < len(rates):
-            return st + 1, f"step {st}: {rates[st]:g} req/s (open loop)"
-        return st + 1, f"step {st}: {users.get(st, '?')} users"
-
+    group_of = _grouper(req, steps, (read_config(run.path).get("load") or {}).get("rates"), group)
+    spans = read_spans(run.path)
     by_req = {rid: g for rid, g in spans.groupby("request_id")} if len(spans) else {}
     events: list[dict] = []
     named_pids: set[int] = set()
@@ -114,52 +89,92 @@ def build_trace(run_dir, slowest: int | None = None, group: str = "step") -> dic
             named_pids.add(pid)
             events.append(dict(ph="M", name="process_name", pid=pid, tid=0, args={"name": pname}))
             events.append(dict(ph="M", name="process_sort_index", pid=pid, tid=0, args={"sort_index": pid}))
-        start, send, recv = int(r.start_ns), int(r.send_ns), int(r.recv_ns)
-        label = f"{r.request_id[:8]} {r.size_class} {(recv - start) / 1e6:.1f} ms"
-        if int(r.status) != 200 or isinstance(r.error, str):
-            label += f" FAILED ({r.status})"
-        base_tid = tid + 1
-        e2e_args = dict(request_id=r.request_id, image=r.image, size_class=r.size_class,
-                        bytes=int(r.bytes), user=int(r.user), status=int(r.status), k=int(r.k),
-                        error=r.error if isinstance(r.error, str) else None,
-                        intended_ns=int(r.intended_ns), send_ns=send, recv_ns=recv,
-                        schedule_lag_ms=(send - int(r.intended_ns)) / 1e6,
-                        server_timing=r.server_timing)
-        evs = [dict(ph="X", name="e2e", cat="client", pid=pid, tid=base_tid,
-                    ts=_us(start, t0), dur=(recv - start) / NS_PER_US, args=e2e_args)]
-        items: list[tuple[int, int, str, str, dict]] = []
-        if send > start:
-            items.append((start, send, "client-schedule_lag", "client",
-                          {"request_id": r.request_id, "note": "intended send → actual send"}))
-        g = by_req.get(r.request_id)
-        if g is not None:
-            for s in g.itertuples(index=False):
-                try:
-                    attrs = json.loads(s.attrs) if isinstance(s.attrs, str) and s.attrs else {}
-                except ValueError:
-                    attrs = {"attrs": s.attrs}
-                if not isinstance(attrs, dict):
-                    attrs = {"attrs": attrs}
-                attrs["request_id"] = r.request_id
-                items.append((int(s.start_ns), max(int(s.end_ns), int(s.start_ns)),
-                              f"{s.stage}-{s.component}", str(s.stage), attrs))
-        items.sort(key=lambda it: (it[0], -it[1]))
-        lanes = _lanes((start, recv), [(a, b) for a, b, *_ in items])
-        for (a, b, name, cat, args), lane in zip(items, lanes):
-            evs.append(dict(ph="X", name=name, cat=cat, pid=pid, tid=base_tid + lane,
-                            ts=_us(a, t0), dur=(b - a) / NS_PER_US, args=args))
-        n_lanes = 1 + max(lanes, default=0)
-        for lane in range(n_lanes):
-            events.append(dict(ph="M", name="thread_name", pid=pid, tid=base_tid + lane,
-                               args={"name": label if lane == 0 else f"{r.request_id[:8]} lane {lane + 1}"}))
-            events.append(dict(ph="M", name="thread_sort_index", pid=pid, tid=base_tid + lane,
-                               args={"sort_index": order * 100 + lane}))
-        events.extend(evs)
-        tid += n_lanes
+        tid += _request_events(events, r, by_req.get(r.request_id), pid, tid + 1, order, t0)
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"run_dir": str(run.path), "requests": int(len(req)), "t0_ns": t0,
                           "slowest": slowest, "group": group,
                           "note": "ts/dur in microseconds from t0_ns (time.time_ns of the first request)"}}
+
+
+def _requests(run: RunDir, steps: pd.DataFrame, slowest: int | None) -> pd.DataFrame:
+    """The requests to export, sorted by start (the intended send time when earlier than the
+    real one), with ``start_ns``, ``e2e_ns`` and ``step``."""
+    req = read_requests(run.path).drop_duplicates("request_id").reset_index(drop=True)
+    intended = req["intended_ns"].fillna(req["send_ns"]).astype(np.int64)
+    req["start_ns"] = np.minimum(intended, req["send_ns"].astype(np.int64))
+    req["e2e_ns"] = req["recv_ns"].astype(np.int64) - req["start_ns"]
+    req["step"] = _step_of(req, steps) if len(steps) else 0
+    if slowest is not None and slowest >= 0:
+        req = req.nlargest(slowest, "e2e_ns", keep="first")
+    return req.sort_values("start_ns").reset_index(drop=True)
+
+
+def _grouper(req: pd.DataFrame, steps: pd.DataFrame, rates: list | None, group: str):
+    """request row -> (pid, process name): its step (or size class with ``group="size"``)."""
+    users = dict(zip(steps["step"], steps["users"])) if len(steps) else {}
+    sizes = sorted(req["size_class"].dropna().unique().tolist())
+
+    def group_of(r) -> tuple[int, str]:
+        if group == "size":
+            return (sizes.index(r.size_class) + 1 if r.size_class in sizes else 0, f"size {r.size_class}")
+        st = int(r.step)
+        if st < 0:
+            return 0, "outside the steps"
+        if rates and st < len(rates):
+            return st + 1, f"step {st}: {rates[st]:g} req/s (open loop)"
+        return st + 1, f"step {st}: {users.get(st, '?')} users"
+    return group_of
+
+
+def _span_items(r, g: pd.DataFrame | None) -> list[tuple[int, int, str, str, dict]]:
+    """(start, end, name, category, args) of a request's schedule lag and spans, sorted by
+    (start, -end)."""
+    start, send = int(r.start_ns), int(r.send_ns)
+    items: list[tuple[int, int, str, str, dict]] = []
+    if send > start:
+        items.append((start, send, "client-schedule_lag", "client",
+                      {"request_id": r.request_id, "note": "intended send → actual send"}))
+    for s in g.itertuples(index=False) if g is not None else ():
+        try:
+            attrs = json.loads(s.attrs) if isinstance(s.attrs, str) and s.attrs else {}
+        except ValueError:
+            attrs = {"attrs": s.attrs}
+        if not isinstance(attrs, dict):
+            attrs = {"attrs": attrs}
+        attrs["request_id"] = r.request_id
+        items.append((int(s.start_ns), max(int(s.end_ns), int(s.start_ns)),
+                      f"{s.stage}-{s.component}", str(s.stage), attrs))
+    items.sort(key=lambda it: (it[0], -it[1]))
+    return items
+
+
+def _request_events(events: list[dict], r, g, pid: int, base_tid: int, order: int, t0: int) -> int:
+    """Append one request's track names and events (e2e, lag, spans); return its track count."""
+    start, send, recv = int(r.start_ns), int(r.send_ns), int(r.recv_ns)
+    label = f"{r.request_id[:8]} {r.size_class} {(recv - start) / 1e6:.1f} ms"
+    if int(r.status) != 200 or isinstance(r.error, str):
+        label += f" FAILED ({r.status})"
+    e2e_args = dict(request_id=r.request_id, image=r.image, size_class=r.size_class,
+                    bytes=int(r.bytes), user=int(r.user), status=int(r.status), k=int(r.k),
+                    error=r.error if isinstance(r.error, str) else None,
+                    intended_ns=int(r.intended_ns), send_ns=send, recv_ns=recv,
+                    schedule_lag_ms=(send - int(r.intended_ns)) / 1e6,
+                    server_timing=r.server_timing)
+    evs = [dict(ph="X", name="e2e", cat="client", pid=pid, tid=base_tid,
+                ts=_us(start, t0), dur=(recv - start) / NS_PER_US, args=e2e_args)]
+    items = _span_items(r, g)
+    lanes = _lanes((start, recv), [(a, b) for a, b, *_ in items])
+    for (a, b, name, cat, args), lane in zip(items, lanes):
+        evs.append(dict(ph="X", name=name, cat=cat, pid=pid, tid=base_tid + lane,
+                        ts=_us(a, t0), dur=(b - a) / NS_PER_US, args=args))
+    n_lanes = 1 + max(lanes, default=0)
+    for lane in range(n_lanes):
+        events.append(dict(ph="M", name="thread_name", pid=pid, tid=base_tid + lane,
+                           args={"name": label if lane == 0 else f"{r.request_id[:8]} lane {lane + 1}"}))
+        events.append(dict(ph="M", name="thread_sort_index", pid=pid, tid=base_tid + lane,
+                           args={"sort_index": order * 100 + lane}))
+    events.extend(evs)
+    return n_lanes
 
 
 def main(argv: list[str] | None = None) -> int:

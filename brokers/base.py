@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from overhead.contract.topics import dead_letter_topic  # noqa: F401  (the brokers' DLQ naming)
+
 
 class BrokerError(RuntimeError):
     """Base class for broker failures the gateway maps to HTTP errors."""
@@ -24,10 +26,6 @@ class BrokerUnavailable(BrokerError):
 
 
 MAX_REASON_CHARS = 1000
-
-
-def dead_letter_topic(topic: str) -> str:
-    return f"{topic}.dlq"
 
 
 @dataclass(slots=True)

@@ -143,7 +143,6 @@ class Stack:
     def start(self) -> None:
         env = dict(os.environ)
         gw = [sys.executable, "-m", "pipelines.gateway", "--host", "127.0.0.1"]
-        wk_backend = ["--backend", "embedded"]
         if self.server == "triton":
             from deploy.triton.repository import write_repository
             from deploy.triton.server import TritonServer
@@ -162,8 +161,6 @@ class Stack:
             url = f"grpc://127.0.0.1:{gp}"
             self.members.append(_Wrapped("triton", ts, f"{hp} http, {gp} grpc", url, log))
             gw += ["--backend", "triton", "--triton-url", url]
-            env["OVERHEAD_TRITON_URL"] = url
-            wk_backend = ["--backend", "triton"]
         broker_url = "memory://"
         if self.broker in ("redis", "kafka"):
             from deploy.local_servers import RedisServer, TansuServer
@@ -185,9 +182,12 @@ class Stack:
         gateway = Child("gateway", gw, self.logs / "gateway.log", env, gp, self.gateway_url)
         self.members.append(gateway.start())
         if external:
+            from overhead.config import GatewaySettings, worker_argv
+
+            wk = worker_argv(GatewaySettings.from_args(gw[3:], known_only=True))
             for i in range(self.workers):
-                argv = [sys.executable, "-m", "pipelines.worker", "--broker", broker_url,
-                        *wk_backend, "--name", f"local-worker-{i}"]
+                argv = [sys.executable, "-m", "pipelines.worker", "--broker", broker_url, *wk,
+                        "--name", f"local-worker-{i}"]
                 self.members.append(Child(f"worker-{i}", argv, self.logs / f"worker-{i}.log",
                                           env).start())
         self.say("gateway: waiting for /healthz ...")

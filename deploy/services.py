@@ -14,7 +14,6 @@ published ports bind 127.0.0.1 on the host only.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -93,6 +92,19 @@ BROKER_URLS = {"redis": "redis://redis:6379/0", "kafka": "kafka://kafka:9092"}
 SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "grpc://tfserving:8500"}
 
 
+def options_env(service: str) -> set[str]:
+    """The ``OVERHEAD_*`` names the service's program reads: its settings class in
+    ``overhead/config.py`` (the models builder: the model cache directory only)."""
+    from overhead import config
+
+    cls = {"gateway": config.GatewaySettings, "worker": config.WorkerSettings,
+           "locust-master": config.LocustSettings, "locust-worker": config.LocustSettings
+           }.get(service)
+    if service == "models":
+        return {config.WorkerSettings.env_name("models_dir")}
+    return {cls.env_name(n) for n in cls.model_fields} if cls else set()
+
+
 def port(service: str, role: str | None = None) -> int:
     ports = SERVICES[service].ports
     return ports[role] if role else next(iter(ports.values()))
@@ -154,6 +166,10 @@ def check_compose(path=COMPOSE_FILE) -> list[str]:
         missing = [e for e in s.env if e not in env_names]
         if missing:
             errs.append(f"{name}: environment lacks {missing}")
+        unknown = sorted(e for e in env_names | set(s.env)
+                         if e.startswith("OVERHEAD_") and e not in options_env(name))
+        if unknown:
+            errs.append(f"{name}: {unknown} name no option of {name} in overhead/config.py")
         if s.long_running and not c.get("healthcheck"):
             errs.append(f"{name}: long-running service without a healthcheck")
         if not s.long_running and c.get("restart") not in (None, "no"):
@@ -199,19 +215,21 @@ def _probe(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def wait_targets(env=os.environ) -> list[str]:
+def wait_targets(settings=None) -> list[str]:
     """What a gateway/worker container waits for: its broker and its inference server (compose
-    1.29 cannot make ``depends_on`` conditional on a profile, so the containers wait)."""
+    1.29 cannot make ``depends_on`` conditional on a profile, so the containers wait). Read from
+    the ``OVERHEAD_*`` environment by the config tree unless ``settings`` are given."""
+    from overhead.config import WorkerSettings
+
+    s = settings or WorkerSettings()
     out = []
-    broker = env.get("OVERHEAD_BROKER", "")
-    if broker.startswith(("redis://", "kafka://")):
-        out.append(broker.split("?")[0])
-    backend = env.get("OVERHEAD_BACKEND", "embedded")
-    if backend == "triton":
-        u = urlsplit(env.get("OVERHEAD_TRITON_URL") or SERVER_URLS["triton"])
+    if s.broker.startswith(("redis://", "kafka://")):
+        out.append(s.broker.split("?")[0])
+    if s.backend == "triton":
+        u = urlsplit(s.triton_url)
         out.append(f"http://{u.hostname}:{port('triton', 'http')}/v2/health/ready")
-    elif backend == "tfserving":
-        u = urlsplit(env.get("OVERHEAD_TFSERVING_URL") or SERVER_URLS["tfserving"])
+    elif s.backend == "tfserving":
+        u = urlsplit(s.tfserving_url)
         out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'grpc')}")
     return out
 

@@ -108,7 +108,7 @@ class StepTracker:
 
     def __init__(self, schedule: StepSchedule, check=None, max_seconds: float | None = None):
         """``check(row, now_ns)``, if given, judges the running step when its planned time is up
-        (an ``analysis.stability.Verdict``); a step that is not ``valid`` (stable, with enough
+        (an ``overhead.contract.stability.Verdict``); a step that is not ``valid`` (stable, with enough
         requests) is held, re-checked at every poll, up to ``max_seconds`` from its start. With a
         check, each step's planned length counts from its real start. ``verdicts``: step → the
         last verdict (as a dict) plus ``extended_s``."""

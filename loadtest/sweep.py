@@ -53,16 +53,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from analysis.rundir import (  # noqa: E402
-    RunDir, read_json, read_locust_stats_csv, read_requests, read_steps, table_from_rows,
-    write_config, write_json_atomic, write_parquet_atomic, merge_span_parts,
+from loadtest.schedule import ARRIVALS, StepSchedule, parse_rates  # (not shapes: Locust)
+from overhead.contract.runconfig import write_config
+from overhead.contract.rundir import (
+    RunDir, merge_span_parts, read_json, read_locust_stats_csv, read_requests, read_steps,
+    table_from_rows, write_json_atomic, write_parquet_atomic,
 )
-from analysis.stability import StabilityRule  # noqa: E402
-from loadtest.schedule import ARRIVALS, StepSchedule, parse_rates  # noqa: E402  (not shapes: Locust)
+from overhead.contract.stability import StabilityRule
+
+REPO = Path(__file__).resolve().parent.parent
 
 LOCUSTFILE = REPO / "loadtest" / "locustfile.py"
 VERSION_PACKAGES = ("overhead", "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn",
@@ -353,29 +352,14 @@ class Progress:
 # --- the sweep --------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None):
+    from overhead.config import LoadSettings
     ap = argparse.ArgumentParser(prog="python -m loadtest.sweep", description=__doc__.split("\n\n")[0],
                                  allow_abbrev=False,  # never swallow a gateway option by its prefix
                                  epilog="Unknown options are passed to the gateway.")
     ap.add_argument("--out", required=True, help="run directory to create")
     ap.add_argument("--users", default="1,2,4,8",
                     help='concurrency steps, "1,2,4,8" or per-step seconds "1:20,2:30"')
-    ap.add_argument("--step-seconds", type=float, default=20.0)
-    ap.add_argument("--warmup-seconds", type=float, default=5.0,
-                    help="first seconds of each step excluded from measurement")
-    ap.add_argument("--arrivals", choices=ARRIVALS, default=None,
-                    help="open loop: arrival process (needs --rates); default closed loop (--users)")
-    ap.add_argument("--rates", default="", help="open loop: target requests/s per step, e.g. 2,4,8")
-    ap.add_argument("--max-in-flight", type=int, default=1000,
-                    help="open loop: most requests in flight at once (the scheduler waits beyond)")
-    ap.add_argument("--seed", type=int, default=0, help="open loop: seed of the arrival process")
-    ap.add_argument("--stability-window", type=float, default=5.0,
-                    help="seconds per stability window (a step is stable when its last 3 windows "
-                         "agree within 10%% in throughput and p50)")
-    ap.add_argument("--stability-max-seconds", type=float, default=0.0,
-                    help="extend an unstable step up to this many seconds (default 0: never)")
-    ap.add_argument("--min-requests", type=int, default=100,
-                    help="successful requests a step needs for the run to be valid")
-    ap.add_argument("--sizes", default="", help="size classes to send, e.g. 0.1MP,1MP,8MP (default all)")
+    LoadSettings.add_arguments(ap)   # --step-seconds, --warmup-seconds, --arrivals, --rates, ...
     ap.add_argument("--host", default=None, help="use a running gateway at this URL instead of starting one")
     ap.add_argument("--gateway-arg", action="append", default=[],
                     help="argument for the gateway (repeatable), e.g. --gateway-arg=--k=4")
@@ -394,8 +378,6 @@ def parse_args(argv: list[str] | None):
                     help="extra argument for every worker process (repeatable)")
     ap.add_argument("--depth-interval", type=float, default=1.0,
                     help="seconds between broker queue-depth samples (0: off)")
-    ap.add_argument("--manifest", default=None,
-                    help="use this corpus manifest JSON instead of building the corpus")
     ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for /healthz")
     ap.add_argument("--stop-timeout", type=float, default=30.0,
                     help="seconds to wait after SIGTERM before SIGKILL")
@@ -406,6 +388,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
     ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
     args, extra = ap.parse_known_args(argv)
+    vars(args).update(LoadSettings.from_namespace(args).model_dump())  # flags > OVERHEAD_* > defaults
     if extra and args.host:
         ap.error(f"unknown options {extra} (options are passed to the gateway only without --host)")
     args.gateway_args = [*extra, *args.gateway_arg]
@@ -442,20 +425,9 @@ def _with_query(url: str, **opts) -> str:
 
 def worker_options(gateway_args: list[str]) -> list[str]:
     """The classifier options of the gateway, as ``pipelines.worker`` arguments."""
-    from pipelines.settings import GatewaySettings
+    from overhead.config import GatewaySettings, worker_argv
 
-    ns, _ = GatewaySettings.parser().parse_known_args(gateway_args)
-    out = ["--classifier", ns.classifier, "--backend", ns.backend, "--preprocessor",
-           ns.preprocessor, "--intra-op-threads", str(ns.intra_op_threads),
-           "--batch", str(ns.worker_batch if ns.worker_batch is not None else ns.max_batch),
-           "--max-delay-ms", f"{ns.max_delay_ms:g}"]
-    if ns.models_dir:
-        out += ["--models-dir", ns.models_dir]
-    if ns.triton_url:
-        out += ["--triton-url", ns.triton_url]
-    if ns.tfserving_url:
-        out += ["--tfserving-url", ns.tfserving_url]
-    return out
+    return worker_argv(GatewaySettings.from_args(gateway_args, known_only=True))
 
 
 class DepthSampler:

@@ -42,9 +42,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from brokers import BrokerError, BrokerFull, open_broker
+from overhead.config import GatewaySettings
+from overhead.contract import topics
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
-from pipelines.settings import GatewaySettings
 from pipelines.spans import SpanFlusher, SpanRecorder, now_ns
 
 log = logging.getLogger("overhead.gateway")
@@ -120,18 +121,13 @@ class Gateway:
             det = _resolve_model(s.detector, s.models_dir)
             cls = _resolve_model(s.classifier, s.models_dir)
             pre = get_preprocessor(s.preprocessor, reduced=s.reduced)
-            if s.backend == "triton":
-                from pipelines.inference.triton import set_default_url
-                set_default_url(s.triton_url)
-            elif s.backend == "tfserving":
-                from pipelines.inference.tfserving import set_default_url as set_tfs_url
-                set_tfs_url(s.tfserving_url)
             self.pipeline = TwoStagePipeline(
                 det, cls, pre, self.broker, self.recorder, k=s.k, score_threshold=s.score_threshold,
                 iou_threshold=s.iou_threshold, intra_op_threads=s.intra_op_threads,
                 max_batch=s.max_batch, max_delay_ms=s.max_delay_ms, workers=s.workers,
                 worker_batch=s.worker_batch, result_timeout_s=s.result_timeout_s,
-                backend=s.backend, publish_timeout_s=s.publish_timeout_s).start()
+                backend=s.backend, backend_options=s.backend_options,
+                publish_timeout_s=s.publish_timeout_s).start()
             self.models = {
                 role: {"name": info.name, "kind": info.kind, "onnx_path": str(info.onnx_path),
                        "input_hw": list(info.input_hw), "normalization": info.normalization,
@@ -161,7 +157,7 @@ class Gateway:
         return self.pipeline.process(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
-    DEPTH_TOPICS = ("crops", "results", "crops.dlq")
+    DEPTH_TOPICS = topics.PIPELINE_TOPICS
 
     def broker_stats(self) -> dict:
         """Broker name and messages waiting per topic (``-1``: unknown / unreachable)."""
@@ -181,7 +177,7 @@ class Gateway:
                      "workers": sum(1 for w in self.pipeline.workers if w.alive)}
 
     def config(self) -> dict:
-        return {"settings": self.settings.as_dict(), "versions": versions(),
+        return {"settings": self.settings.dump(), "versions": versions(),
                 "git_rev": self.git_rev, "models": self.models,
                 "pipeline": self.pipeline.describe() if self.pipeline else None,
                 "preprocessor": getattr(self, "preprocessor", None),
@@ -371,10 +367,17 @@ class GatewayProcess:
         self.stop()
 
 
+def parse_settings(argv: list[str] | None = None) -> GatewaySettings:
+    """Flags generated from ``GatewaySettings`` (overhead/config.py); they beat OVERHEAD_*."""
+    return GatewaySettings.from_args(argv, prog="python -m pipelines.gateway", description=(
+        "Overhead gateway: POST an image to /v1/infer; detections with labels and a "
+        "Server-Timing breakdown come back. Options also read OVERHEAD_<NAME>."))
+
+
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    settings = GatewaySettings.from_args(argv)
+    settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

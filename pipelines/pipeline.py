@@ -24,10 +24,11 @@ import numpy as np
 
 from brokers.base import Broker, BrokerUnavailable
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from overhead.contract import topics
 from pipelines.inference import make_backend
 from pipelines.postprocess import postprocess
 from pipelines.spans import ComponentTimes, SpanRecorder
-from pipelines.worker import CROPS_TOPIC, RESULTS_TOPIC, ClassifierWorker
+from pipelines.worker import ClassifierWorker
 
 now_ns = time.time_ns
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class TwoStagePipeline:
                  iou_threshold: float = 0.5, intra_op_threads: int = 1, max_batch: int = 1,
                  max_delay_ms: float = 0.0, workers: int = 1, result_timeout_s: float = 30.0,
                  worker_batch: int | None = None, backend: str = "embedded",
-                 publish_timeout_s: float = 1.0, warmup: bool = True):
+                 backend_options: dict | None = None, publish_timeout_s: float = 1.0,
+                 warmup: bool = True):
         self.detector_info = detector_info
         self.classifier_info = classifier_info
         self.pre = preprocessor
@@ -93,6 +95,7 @@ class TwoStagePipeline:
         self.worker_batch = int(worker_batch if worker_batch is not None else max_batch)
         self.result_timeout_s = float(result_timeout_s)
         self.backend_kind = backend
+        self.backend_options = dict(backend_options or {})   # e.g. {"url": ...} of a server
         self.publish_timeout_s = publish_timeout_s
         self.warmup = warmup
         self.det_hw = tuple(detector_info.input_hw)
@@ -118,7 +121,8 @@ class TwoStagePipeline:
     def start(self) -> "TwoStagePipeline":
         self.detector = make_backend(self.backend_kind, self.detector_info,
                                      intra_op_threads=self.intra_op_threads,
-                                     max_batch=self.max_batch, max_delay_ms=self.max_delay_ms)
+                                     max_batch=self.max_batch, max_delay_ms=self.max_delay_ms,
+                                     **self.backend_options)
         if self.warmup:
             self.detector.infer_batch(np.zeros((1, *self.det_hw, 3), np.float32))
         for i in range(self.n_workers):
@@ -134,7 +138,8 @@ class TwoStagePipeline:
 
     def add_worker(self, name: str) -> ClassifierWorker:
         backend = make_backend(self.backend_kind, self.classifier_info,
-                               intra_op_threads=self.intra_op_threads, max_batch=1)
+                               intra_op_threads=self.intra_op_threads, max_batch=1,
+                               **self.backend_options)
         if self.warmup:
             backend.infer_batch(np.zeros((1, *self.classifier_info.input_hw, 3), np.float32))
         self._classifier_backends.append(backend)
@@ -164,7 +169,7 @@ class TwoStagePipeline:
         rec = self.recorder
         while not self._stop.is_set():
             try:
-                got = self.broker.consume(RESULTS_TOPIC, self._results_group, "listener",
+                got = self.broker.consume(topics.RESULTS, self._results_group, "listener",
                                           max_messages=64, timeout_s=0.1)
                 self._listening.set()
             except BrokerUnavailable:
@@ -191,14 +196,15 @@ class TwoStagePipeline:
                     complete = len(w.results) == w.k
                 if rec.enabled:
                     rid = msg.request_id
-                    for s in msg.extra.get("spans") or ():
-                        rec.record(rid, s[0], s[1], int(s[2]), int(s[3]), s[4] if len(s) > 4 else None)
+                    for s in msg.extra.get("spans") or ():   # WireSpan dicts
+                        rec.record(rid, s["stage"], s["component"], int(s["start_ns"]),
+                                   int(s["end_ns"]), s.get("attrs"))
                     rec.record(rid, "classify", "broker", msg.produce_ns, d.deliver_ns,
                                {"crop": msg.index, "leg": "results"})
                 if complete:
                     w.event.set()
             if got:
-                self.broker.ack(RESULTS_TOPIC, self._results_group, got)
+                self.broker.ack(topics.RESULTS, self._results_group, got)
 
     # -- one request -------------------------------------------------------------------------
     def process(self, request_id: str, data: bytes, probe=None) -> dict:
@@ -256,7 +262,7 @@ class TwoStagePipeline:
                                               payload=payload))
                 s1 = now_ns()
                 span("serialize", s0, s1, {"crop": i})
-                self.broker.publish(CROPS_TOPIC, wire, key=rid, timeout_s=self.publish_timeout_s)
+                self.broker.publish(topics.CROPS, wire, key=rid, timeout_s=self.publish_timeout_s)
             if waiter is not None and not waiter.event.wait(self.result_timeout_s):
                 with waiter.lock:
                     missing = [i for i in range(m) if i not in waiter.results]
@@ -273,8 +279,9 @@ class TwoStagePipeline:
             ex = msg.extra
             if "error" in ex:
                 raise ClassifierFailed(f"crop {i} of request {rid}: {ex['error']}")
-            for s in ex.get("spans") or ():
-                classify_spans.setdefault(s[1], []).append((int(s[2]), int(s[3])))
+            for s in ex.get("spans") or ():   # WireSpan dicts
+                classify_spans.setdefault(s["component"], []).append(
+                    (int(s["start_ns"]), int(s["end_ns"])))
             classify_spans.setdefault("broker", []).append((msg.produce_ns, deliver))
             detections.append({"box": [int(v) for v in pp.boxes_px[i]],
                                "score": round(float(pp.scores[i]), 6),

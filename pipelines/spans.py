@@ -1,9 +1,11 @@
 """Span recording: the measurement contract of DESIGN.md.
 
-A span is ``(request_id, stage, component, start_ns, end_ns, attrs)``. Clocks are
-``time.time_ns()`` so spans from different processes on one host (and the load generator's
-records) line up. Recording is a clock read and a list append; writing Parquet happens on a
-background thread (``SpanFlusher``), off the request path.
+A span is ``overhead.contract.records.Span``: ``(request_id, stage, component, start_ns, end_ns,
+attrs)``. Clocks are ``time.time_ns()`` so spans from different processes on one host (and the
+load generator's records) line up. Recording is a clock read and a deque append (of a plain tuple in
+the Span's field order, cheaper than an object per span); ``drain`` hands out ``Span`` records and
+writing Parquet (the contract's span schema) happens on a background thread (``SpanFlusher``), off
+the request path.
 """
 from __future__ import annotations
 
@@ -16,17 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from overhead.contract.records import Span, rows_to_table, to_table
+
 now_ns = time.time_ns
-
-STAGES = ("detect", "classify", "gateway")
-COMPONENTS = (
-    "decode", "resize", "normalize", "serialize", "transfer", "queue",
-    "inference", "postprocess", "broker", "other",
-)
-SPAN_COLUMNS = ("request_id", "stage", "component", "start_ns", "end_ns", "attrs")
-
-# A span as stored: a plain tuple in SPAN_COLUMNS order (cheaper than an object per span).
-SpanTuple = tuple  # (str, str, str, int, int, str|None)
 
 
 class SpanRecorder:
@@ -39,7 +33,7 @@ class SpanRecorder:
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._buf: deque[SpanTuple] = deque()
+        self._buf: deque[tuple] = deque()   # tuples in Span field order
 
     def record(self, request_id: str, stage: str, component: str, start_ns: int, end_ns: int,
                attrs: dict | None = None) -> None:
@@ -47,12 +41,21 @@ class SpanRecorder:
             self._buf.append((request_id, stage, component, start_ns, end_ns,
                               json.dumps(attrs, separators=(",", ":")) if attrs else None))
 
-    def extend(self, spans: Iterable[SpanTuple]) -> None:
+    def extend(self, spans: Iterable[Span]) -> None:
         if self.enabled:
-            self._buf.extend(spans)
+            self._buf.extend((s.request_id, s.stage, s.component, s.start_ns, s.end_ns, s.attrs)
+                             for s in spans)
 
-    def drain(self) -> list[SpanTuple]:
-        """Take everything recorded so far; spans appended meanwhile stay for the next drain."""
+    def drain_table(self):
+        """Take everything recorded so far as an Arrow table with the span schema; spans appended
+        meanwhile stay for the next drain."""
+        return rows_to_table(Span, self._take())
+
+    def drain(self) -> list[Span]:
+        """Take everything recorded so far as Span records."""
+        return [Span(*row) for row in self._take()]
+
+    def _take(self) -> list[tuple]:
         buf = self._buf
         pop = buf.popleft
         return [pop() for _ in range(len(buf))]
@@ -61,18 +64,9 @@ class SpanRecorder:
         return len(self._buf)
 
 
-def spans_to_table(spans: list[SpanTuple]):
-    import pyarrow as pa
-
-    cols = list(zip(*spans)) if spans else [[] for _ in SPAN_COLUMNS]
-    return pa.table({
-        "request_id": pa.array(cols[0], pa.string()),
-        "stage": pa.array(cols[1], pa.string()),
-        "component": pa.array(cols[2], pa.string()),
-        "start_ns": pa.array(cols[3], pa.int64()),
-        "end_ns": pa.array(cols[4], pa.int64()),
-        "attrs": pa.array(cols[5], pa.string()),
-    })
+def spans_to_table(spans: Iterable[Span]):
+    """Span records to an Arrow table with the contract's span schema."""
+    return to_table(spans, Span)
 
 
 class SpanFlusher:
@@ -93,17 +87,17 @@ class SpanFlusher:
         return self
 
     def flush(self) -> int:
-        spans = self.recorder.drain()
-        if not spans:
+        table = self.recorder.drain_table()
+        if not table.num_rows:
             return 0
         import pyarrow.parquet as pq
 
         path = self.directory / f"spans-{os.getpid()}-{self._seq:06d}.parquet"
         self._seq += 1
         tmp = path.with_suffix(".tmp")
-        pq.write_table(spans_to_table(spans), tmp)
+        pq.write_table(table, tmp)
         tmp.rename(path)  # readers never see a half-written part
-        return len(spans)
+        return table.num_rows
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

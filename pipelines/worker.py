@@ -7,7 +7,8 @@ what it consumed itself; it does not go through a MicroBatcher queue) -> one ``r
 crop on ``results`` -> ack. Malformed messages are logged, acked and kept in ``dead_letter``.
 
 Each result's header (``extra``) carries ``label``, ``class_id``, ``score`` and the crop's spans
-``[[stage, component, start_ns, end_ns, attrs], ...]``: ``classify/broker`` (crop produce ->
+(``spans``: a list of ``overhead.contract.records.WireSpan`` dicts, keys ``stage``, ``component``,
+``start_ns``, ``end_ns``, ``attrs``): ``classify/broker`` (crop produce ->
 deliver), ``classify/serialize`` (message decode), ``resize``, ``normalize``, ``queue`` (end of
 this crop's normalize -> batch start: the other crops' preprocessing plus the instance lock) and
 ``inference`` (``{"batch": n}``). The gateway records them. If the worker is given its own
@@ -32,19 +33,19 @@ import numpy as np
 
 from brokers.base import Broker, BrokerError, BrokerUnavailable, Delivery
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
+from overhead.config import WorkerSettings
+from overhead.contract import topics
+from overhead.contract.records import wire_span
 
 now_ns = time.time_ns
 log = logging.getLogger(__name__)
-
-CROPS_TOPIC = "crops"
-RESULTS_TOPIC = "results"
 
 
 class ClassifierWorker:
     def __init__(self, broker: Broker, classifier_backend, preprocessor, model_info,
                  recorder=None, batch: int = 1, max_delay_ms: float = 0.0,
                  group: str = "classifiers", name: str | None = None,
-                 crops_topic: str = CROPS_TOPIC, results_topic: str = RESULTS_TOPIC,
+                 crops_topic: str = topics.CROPS, results_topic: str = topics.RESULTS,
                  publish_timeout_s: float = 5.0, dead_letter_keep: int = 100):
         self.broker = broker
         self.backend = classifier_backend
@@ -163,10 +164,10 @@ class ClassifierWorker:
                 to_ack.append(d)
                 continue
             c = {"crop": msg.index}
-            spans = [["classify", "broker", msg.produce_ns, d.deliver_ns, c],
-                     ["classify", "serialize", t0, t1, c],
-                     ["classify", "resize", t1, t2, c],
-                     ["classify", "normalize", t2, t3, c]]
+            spans = [wire_span("classify", "broker", msg.produce_ns, d.deliver_ns, c),
+                     wire_span("classify", "serialize", t0, t1, c),
+                     wire_span("classify", "resize", t1, t2, c),
+                     wire_span("classify", "normalize", t2, t3, c)]
             items.append((d, msg, spans, x, t3))
 
         published = 0
@@ -188,17 +189,18 @@ class ClassifierWorker:
                     cid = int(np.argmax(p))
                     extra = {"label": self.labels[cid] if cid < len(self.labels) else str(cid),
                              "class_id": cid, "score": float(p[cid])}
-                    spans.append(["classify", "queue", ready, r.start_ns, {"crop": msg.index}])
+                    spans.append(wire_span("classify", "queue", ready, r.start_ns, {"crop": msg.index}))
                     ia = {"crop": msg.index, "batch": r.batch_size}
                     if getattr(r, "request_id", None):
                         ia["server_rid"] = r.request_id
-                    spans.append(["classify", "inference", r.start_ns, r.end_ns, ia])
+                    spans.append(wire_span("classify", "inference", r.start_ns, r.end_ns, ia))
                 else:
                     extra = {"error": error}
                 extra["worker"] = self.name
                 if self.recorder is not None:
                     for s in spans:
-                        self.recorder.record(msg.request_id, *s)
+                        self.recorder.record(msg.request_id, s["stage"], s["component"],
+                                             s["start_ns"], s["end_ns"], s["attrs"])
                 else:
                     extra["spans"] = spans
                 out = Message(request_id=msg.request_id, kind="result", index=msg.index, k=msg.k,
@@ -227,35 +229,17 @@ class ClassifierWorker:
 
 # -- process entry point ---------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """The flags of ``WorkerSettings`` (overhead/config.py), generated."""
+    return WorkerSettings.parser(
         prog="python -m pipelines.worker",
         description="Classifier worker: consume crops from a broker, publish results. "
                     "The broker must live outside this process (redis://, kafka://); memory:// "
                     "only works inside the gateway process, where the gateway starts its own "
-                    "workers (--workers).")
-    p.add_argument("--broker", required=True, help="broker URL (not memory://, see above)")
-    p.add_argument("--classifier", default="mobilenetv2", help="model name (pipelines.models)")
-    p.add_argument("--models-dir", default=None, help="model cache directory")
-    p.add_argument("--backend", default="embedded", help="inference backend (pipelines.inference)")
-    p.add_argument("--triton-url", default=None,
-                   help="--backend triton: http://host:port or grpc://host:port")
-    p.add_argument("--tfserving-url", default=None,
-                   help="--backend tfserving: http://host:port (REST) or grpc://host:port")
-    p.add_argument("--preprocessor", default="opencv")
-    p.add_argument("--intra-op-threads", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1, help="max crops per classifier call")
-    p.add_argument("--max-delay-ms", type=float, default=0.0,
-                   help="wait at most this long after the first crop for the batch to fill")
-    p.add_argument("--group", default="classifiers")
-    p.add_argument("--name", default=None, help="consumer name (default: worker-HOST-PID)")
-    p.add_argument("--spans-dir", default=None,
-                   help="record spans here instead of sending them in the result headers")
-    p.add_argument("--log-level", default="info")
-    return p
+                    "workers (--workers). Options also read OVERHEAD_<NAME>.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = WorkerSettings.from_namespace(_parser().parse_args(argv))
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.broker.startswith("memory"):
@@ -269,12 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.preprocess import get_preprocessor
 
     info = ensure_model(args.classifier, models_dir=args.models_dir)
-    opts = {}
-    if args.backend == "triton" and args.triton_url:
-        opts["url"] = args.triton_url
-    elif args.backend == "tfserving" and args.tfserving_url:
-        opts["url"] = args.tfserving_url
-    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads, **opts)
+    backend = make_backend(args.backend, info, intra_op_threads=args.intra_op_threads,
+                           **args.backend_options)
     broker = open_broker(args.broker)
     recorder = flusher = None
     if args.spans_dir:
@@ -283,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         recorder = SpanRecorder()
         flusher = SpanFlusher(recorder, args.spans_dir).start()
     worker = ClassifierWorker(broker, backend, get_preprocessor(args.preprocessor), info,
-                              recorder=recorder, batch=args.batch, max_delay_ms=args.max_delay_ms,
-                              group=args.group, name=args.name)
+                              recorder=recorder, batch=args.classifier_batch,
+                              max_delay_ms=args.max_delay_ms, group=args.group, name=args.name)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker._stop.set())
     log.info("%s consuming %r (group %r) from %s", worker.name, worker.crops_topic, worker.group,

@@ -1,7 +1,8 @@
-"""analysis/breakdown.py: the closure sweep on hand-built spans, the summary, the report files."""
+"""analysis/report (python analysis/breakdown.py): the closure sweep on hand-built spans, the summary, the report files."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.breakdown import attribute, by_component, load_run, report, summarize  # noqa: E402
-from analysis.rundir import (  # noqa: E402
-    REQUEST_COLUMNS, SPAN_COLUMNS, STEP_COLUMNS, RunDir, merge_span_parts, table_from_rows,
-    write_config, write_json_atomic, write_parquet_atomic,
+from analysis.report.attribution import attribute, by_component  # noqa: E402
+from analysis.report.cli import report  # noqa: E402
+from analysis.report.load import load_run  # noqa: E402
+from analysis.report.summary import summarize  # noqa: E402
+from overhead.contract.records import (  # noqa: E402
+    RequestRecord, Span, StepRecord, field_names, rows_to_table,
+)
+from overhead.contract.runconfig import write_config  # noqa: E402
+from overhead.contract.rundir import (  # noqa: E402
+    RunDir, merge_span_parts, write_json_atomic, write_parquet_atomic,
 )
 
 
@@ -30,7 +37,7 @@ def reqs(*rows):
 def spans(*rows):
     """(request_id, 'stage-component', start_ns, end_ns) rows."""
     out = [(r, k.split("-")[0], k.split("-")[1], s, e, None) for r, k, s, e in rows]
-    return pd.DataFrame(out, columns=[name for name, _ in SPAN_COLUMNS])
+    return pd.DataFrame(out, columns=list(field_names(Span)))
 
 
 def row(attr, rid):
@@ -201,14 +208,14 @@ def make_run(path: Path, steps=((1, 10.0), (2, 10.0)), warmup=2.0, with_parts=Fa
                     span_rows.extend(sp)
                 clock = recv + 100_000                                         # client time
         t = end
-    write_parquet_atomic(table_from_rows(step_rows, STEP_COLUMNS), run.steps)
-    write_parquet_atomic(table_from_rows(req_rows, REQUEST_COLUMNS), run.requests)
+    write_parquet_atomic(rows_to_table(StepRecord, step_rows), run.steps)
+    write_parquet_atomic(rows_to_table(RequestRecord, req_rows), run.requests)
     if with_parts:
         half = len(span_rows) // 2
-        write_parquet_atomic(table_from_rows(span_rows[:half], SPAN_COLUMNS), run.spans_parts / "spans-1-000000.parquet")
-        write_parquet_atomic(table_from_rows(span_rows[half:], SPAN_COLUMNS), run.spans_parts / "spans-1-000001.parquet")
+        write_parquet_atomic(rows_to_table(Span, span_rows[:half]), run.spans_parts / "spans-1-000000.parquet")
+        write_parquet_atomic(rows_to_table(Span, span_rows[half:]), run.spans_parts / "spans-1-000001.parquet")
     else:
-        write_parquet_atomic(table_from_rows(span_rows, SPAN_COLUMNS), run.spans)
+        write_parquet_atomic(rows_to_table(Span, span_rows), run.spans)
     n = len(req_rows)
     n_err = sum(1 for r in req_rows if r[8] != 200)
     write_json_atomic({"requests": n, "failures": n_err, "records": n, "by_name": {}}, run.locust_final)
@@ -296,7 +303,8 @@ def test_script_runs_from_another_cwd_on_a_copied_run(tmp_path):
     shutil.rmtree(run.path)
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "breakdown.py"), str(copy)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",  # the editable install finds the code;
+                               **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})  # a worktree's too
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Where the time goes" in proc.stdout and "report:" in proc.stdout
     assert (copy / "report.md").exists() and (copy / "plots" / "stacked_8MP.png").exists()
@@ -306,3 +314,43 @@ def test_missing_run_dir_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "analysis" / "breakdown.py"), str(tmp_path / "nope")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "requests.parquet not found" in proc.stderr
+
+
+def test_validity_leaves_the_summary_alone_and_marks_invalid_steps(tmp_path):
+    run = make_run(tmp_path / "run")
+    rep = report(run.path, quiet=True)
+    assert "valid" not in rep.summary.steps.columns                   # validity returns, never mutates
+    assert {"stable", "valid", "stability"} <= set(rep.steps.columns)
+    assert list(rep.steps["step"]) == list(rep.summary.steps["step"])
+    assert rep.validity[0].startswith("**") and any("Rule: a step is stable" in v for v in rep.validity)
+
+
+SERVING = {"protocol": "grpc",
+           "stages": {"detect": {"server": "triton", "model": "ssd_mobilenetv2"},
+                      "classify": {"server": "triton", "model": "mobilenetv2"}},
+           "join": {"joined": 12, "unmatched": 0},
+           "cross_check": {"ssd_mobilenetv2": {"trace_requests": 100, "stats_requests": 100,
+                                               "trace_queue_ms": 1.25, "stats_queue_ms": 1.3,
+                                               "trace_compute_ms": 12.5, "stats_compute_ms": 12.4,
+                                               "batches": 90}}}
+
+
+def test_serving_section_comes_from_config_json_without_deploy(tmp_path):
+    run = make_run(tmp_path / "run")
+    cfg = json.loads(run.config.read_text())
+    cfg["serving"] = SERVING
+    cfg["gateway"]["note"] = "<script>alert(1)</script>"
+    write_config(run.path, cfg)
+    code = ("import sys; from analysis.breakdown import report; report(sys.argv[1], quiet=True); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('deploy', 'pipelines', 'loadtest', 'brokers')); "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = run.report_md.read_text()
+    assert "## Serving" in md and "| detect | triton | ssd_mobilenetv2 | grpc |" in md
+    assert "Triton trace joined into spans (transfer / queue / inference per call): {'joined': 12" in md
+    assert "  ssd_mobilenetv2      100 /   100     1.25 /   1.30      12.50 /  12.40  90" in md
+    html = run.report_html.read_text()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # autoescaped
+    assert "<script>alert(1)</script>" in md                                 # Markdown is not HTML

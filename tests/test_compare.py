@@ -1,4 +1,4 @@
-"""analysis/compare.py on small synthetic run directories (written with analysis/rundir.py)."""
+"""analysis/compare.py on small synthetic run directories (written with overhead.contract)."""
 from __future__ import annotations
 
 import subprocess
@@ -9,10 +9,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from analysis.compare import compare, compare_table, summarize_run  # noqa: E402
-from analysis.rundir import (  # noqa: E402
-    REQUEST_COLUMNS, SPAN_COLUMNS, STEP_COLUMNS, RunDir, table_from_rows, write_config,
-    write_parquet_atomic,
-)
+from overhead.contract.records import RequestRecord, Span, StepRecord  # noqa: E402
+from overhead.contract.runconfig import write_config  # noqa: E402
+from overhead.contract.rundir import RunDir, write_records  # noqa: E402
 
 
 def make_run(path: Path, broker_ms: float, broker: str, users=(1, 2), seconds=10.0, warmup=1.0):
@@ -23,7 +22,7 @@ def make_run(path: Path, broker_ms: float, broker: str, users=(1, 2), seconds=10
     n = 0
     for i, u_count in enumerate(users):
         start, end = t, t + int(seconds * 1e9)
-        steps.append((i, u_count, start, start + int(warmup * 1e9), end))
+        steps.append(StepRecord(i, u_count, start, start + int(warmup * 1e9), end))
         for u in range(u_count):
             clock = start + u * 1000
             while True:
@@ -31,20 +30,20 @@ def make_run(path: Path, broker_ms: float, broker: str, users=(1, 2), seconds=10
                 n += 1
                 send = clock
                 c = send + 1_000_000
-                spans.append((rid, "detect", "inference", c, c + 20_000_000, None))
+                spans.append(Span(rid, "detect", "inference", c, c + 20_000_000, None))
                 c += 20_000_000
                 b = c + int(broker_ms * 1e6)
-                spans.append((rid, "classify", "broker", c, b, '{"crop": 0}'))
-                spans.append((rid, "classify", "inference", b, b + 5_000_000, '{"crop": 0}'))
+                spans.append(Span(rid, "classify", "broker", c, b, '{"crop": 0}'))
+                spans.append(Span(rid, "classify", "inference", b, b + 5_000_000, '{"crop": 0}'))
                 recv = b + 5_000_000 + 500_000
                 if recv >= end:
                     break
-                reqs.append((rid, u, "china", "1MP", 150_000, send, send, recv, 200, None, "", 1))
+                reqs.append(RequestRecord(rid, u, "china", "1MP", 150_000, send, send, recv, 200, None, "", 1))
                 clock = recv
         t = end
-    write_parquet_atomic(table_from_rows(steps, STEP_COLUMNS), run.steps)
-    write_parquet_atomic(table_from_rows(reqs, REQUEST_COLUMNS), run.requests)
-    write_parquet_atomic(table_from_rows(spans, SPAN_COLUMNS), run.spans)
+    write_records(steps, StepRecord, run.steps)
+    write_records(reqs, RequestRecord, run.requests)
+    write_records(spans, Span, run.spans)
     write_config(run.path, {"run": {"status": "complete"}, "broker": {"requested": broker},
                             "workers": {"processes": 1},
                             "gateway": {"settings": {"broker": broker, "workers": 0}}})
@@ -98,27 +97,27 @@ def make_open_run(path: Path, rates=(70.0, 35.0), lag_ms=2.0, broker_ms=0.2, sec
     n = 0
     for i, rate in enumerate(rates):
         start, end = t, t + int(seconds * 1e9)
-        steps.append((i, 1, start, start + int(warmup * 1e9), end))
+        steps.append(StepRecord(i, 1, start, start + int(warmup * 1e9), end))
         intended = start
         while True:
             rid = f"o{n:06d}"
             n += 1
             send = intended + int(lag_ms * 1e6)
             c = send + 1_000_000
-            spans.append((rid, "detect", "inference", c, c + 20_000_000, None))
+            spans.append(Span(rid, "detect", "inference", c, c + 20_000_000, None))
             c += 20_000_000
             b = c + int(broker_ms * 1e6)
-            spans.append((rid, "classify", "broker", c, b, '{"crop": 0}'))
-            spans.append((rid, "classify", "inference", b, b + 5_000_000, '{"crop": 0}'))
+            spans.append(Span(rid, "classify", "broker", c, b, '{"crop": 0}'))
+            spans.append(Span(rid, "classify", "inference", b, b + 5_000_000, '{"crop": 0}'))
             recv = b + 5_000_000 + 500_000
             if recv >= end:
                 break
-            reqs.append((rid, 0, "china", "1MP", 150_000, intended, send, recv, 200, None, "", 1))
+            reqs.append(RequestRecord(rid, 0, "china", "1MP", 150_000, intended, send, recv, 200, None, "", 1))
             intended += int(1e9 / rate)
         t = end
-    write_parquet_atomic(table_from_rows(steps, STEP_COLUMNS), run.steps)
-    write_parquet_atomic(table_from_rows(reqs, REQUEST_COLUMNS), run.requests)
-    write_parquet_atomic(table_from_rows(spans, SPAN_COLUMNS), run.spans)
+    write_records(steps, StepRecord, run.steps)
+    write_records(reqs, RequestRecord, run.requests)
+    write_records(spans, Span, run.spans)
     write_config(run.path, {"run": {"status": "complete"}, "broker": {"requested": "memory://"},
                             "load": {"arrivals": "constant", "rates": list(rates), "closed_loop": False},
                             "gateway": {"settings": {"broker": "memory://", "workers": 1}}})

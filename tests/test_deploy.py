@@ -96,12 +96,35 @@ def test_services_py_agrees_with_compose(tmp_path):
     doc["services"]["gateway"]["ports"] = ["127.0.0.1:8080:8080"]
     doc["services"]["redis"]["image"] = "redis:7"
     del doc["services"]["worker"]["healthcheck"]
+    doc["services"]["gateway"]["environment"]["OVERHEAD_NO_SUCH_OPTION"] = "1"
+    doc["services"]["worker"]["environment"]["OVERHEAD_K"] = "2"     # a gateway-only option
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump(doc))
     errs = "\n".join(check_compose(bad))
     assert "gateway: published container ports" in errs
     assert "redis: image" in errs
     assert "worker: long-running service without a healthcheck" in errs
+    assert "gateway: ['OVERHEAD_NO_SUCH_OPTION'] name no option" in errs
+    assert "worker: ['OVERHEAD_K'] name no option" in errs
+
+
+def test_compose_environment_names_options_of_the_config_tree():
+    from deploy.services import SERVERS, compose_env, options_env
+
+    for server in SERVERS:
+        env = {k for k in compose_env(server, "redis") if k.startswith("OVERHEAD_")}
+        assert env <= options_env("gateway") and env <= options_env("worker"), env
+
+
+def test_containers_wait_for_what_the_config_tree_reads(monkeypatch):
+    from deploy.services import compose_env, wait_targets
+
+    for k, v in compose_env("tfserving", "kafka").items():
+        monkeypatch.setenv(k, v)
+    assert wait_targets() == ["kafka://kafka:9092", "tcp://tfserving:8500"]
+    monkeypatch.setenv("OVERHEAD_BACKEND", "triton")
+    monkeypatch.setenv("OVERHEAD_TRITON_URL", "grpc://triton:8001")
+    assert wait_targets()[1] == "http://triton:8000/v2/health/ready"
 
 
 # -- the no-Docker launcher --------------------------------------------------------------------

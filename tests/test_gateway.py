@@ -283,7 +283,7 @@ def test_a_gateway_that_cannot_load_its_models_says_so(tmp_path):
     import uvicorn
 
     from pipelines.gateway import create_app
-    from pipelines.settings import GatewaySettings
+    from overhead.config import GatewaySettings
 
     app = create_app(GatewaySettings(detector="no_such_model", spans=False))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))

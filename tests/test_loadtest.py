@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from overhead.contract.records import Span  # noqa: E402
 from pipelines.spans import ComponentTimes, SpanFlusher, SpanRecorder, now_ns  # noqa: E402
 
 PY = sys.executable
@@ -70,20 +71,20 @@ def make_standin_server(host: str, port: int, recorder: SpanRecorder | None = No
                 return self._send(404, {"error": "not_found", "message": self.path})
             if body.startswith(b"FAIL"):
                 return self._send(500, {"error": "stand_in_failure", "message": "asked to fail"})
-            spans = [(rid, "gateway", "transfer", t0, t1, None)]
+            spans = [Span(rid, "gateway", "transfer", t0, t1, None)]
             # "work": proportional to the body size, so size classes differ
             t = t1
             for comp, dur_s in (("decode", 0.0004 + len(body) / 4e8), ("resize", 0.0002),
                                 ("inference", 0.001)):
                 time.sleep(dur_s)
-                spans.append((rid, "detect", comp, t, now_ns(), None))
-                t = spans[-1][4]
+                spans.append(Span(rid, "detect", comp, t, now_ns(), None))
+                t = spans[-1].end_ns
             time.sleep(0.001)
             t2 = now_ns()  # two crops classified "at once": overlapping spans
-            spans += [(rid, "classify", "inference", t, t2, json.dumps({"crop": i})) for i in range(2)]
+            spans += [Span(rid, "classify", "inference", t, t2, json.dumps({"crop": i})) for i in range(2)]
             timing = ComponentTimes.new()
             for s in spans:
-                timing.add(s[1], s[2], s[4] - s[3])
+                timing.add(s.stage, s.component, s.end_ns - s.start_ns)
             if recorder is not None:
                 recorder.extend(spans)
             self._send(200, {"request_id": rid, "width": 10, "height": 10, "k": 2,
@@ -126,7 +127,7 @@ if __name__ == "__main__":
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis.rundir import RunDir, read_locust_stats_csv  # noqa: E402
+from overhead.contract.rundir import RunDir, read_locust_stats_csv  # noqa: E402
 # loadtest.schedule, not loadtest.shapes: importing Locust would gevent-patch the pytest process
 from loadtest.schedule import StepSchedule, StepTracker, schedule_from_options  # noqa: E402
 
@@ -384,7 +385,7 @@ def test_sweep_against_the_real_gateway(tmp_path):
     assert len(req) == config["locust"]["final"]["requests"] > 4
     assert (req["status"] == 200).all() and req["error"].isna().all() and (req["k"] >= 0).all()
     assert req["server_timing"].str.contains("detect-inference;dur=").all()
-    from analysis.breakdown import attribute, by_component
+    from analysis.report.attribution import attribute, by_component
     spans = pd.read_parquet(run.spans)
     assert set(req["request_id"]) <= set(spans["request_id"])
     comp = by_component(attribute(req, spans))

@@ -26,7 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from analysis.rundir import RunDir, write_config  # noqa: E402
+from overhead.contract.runconfig import write_config  # noqa: E402
+from overhead.contract.rundir import RunDir  # noqa: E402
 from loadtest.schedule import ArrivalProcess, parse_rates  # noqa: E402
 
 PY = sys.executable

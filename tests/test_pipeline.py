@@ -66,10 +66,11 @@ def test_worker_classifies_crops_like_a_direct_run_and_sends_spans(tiny_classifi
         assert m.extra["class_id"] == cid and m.extra["label"] == f"class_{cid}"
         assert m.extra["score"] == pytest.approx(score, rel=1e-5)
         spans = m.extra["spans"]
-        assert {s[1] for s in spans} == CLASSIFY_COMPONENTS
-        assert all(s[0] == "classify" and s[2] <= s[3] and s[4]["crop"] == m.index for s in spans)
-        inf = next(s for s in spans if s[1] == "inference")
-        assert inf[4]["batch"] == 1
+        assert {s["component"] for s in spans} == CLASSIFY_COMPONENTS
+        assert all(s["stage"] == "classify" and s["start_ns"] <= s["end_ns"]
+                   and s["attrs"]["crop"] == m.index for s in spans)
+        inf = next(s for s in spans if s["component"] == "inference")
+        assert inf["attrs"]["batch"] == 1
     assert broker.pending("crops", "classifiers") == 0
     assert worker.processed == 3 and worker.dead_letter_count == 0
     backend.close()
@@ -108,7 +109,8 @@ def test_worker_batches_what_it_consumed(tiny_classifier, pre):
     results = _results(broker, 4)
     worker.stop()
     assert sorted(m.index for m in results) == [0, 1, 2, 3]
-    assert {next(s for s in m.extra["spans"] if s[1] == "inference")[4]["batch"] for m in results} == {4}
+    assert {next(s for s in m.extra["spans"] if s["component"] == "inference")["attrs"]["batch"]
+            for m in results} == {4}
     backend.close()
 
 
@@ -122,7 +124,7 @@ def test_worker_with_own_recorder_keeps_spans_out_of_the_header(tiny_classifier,
     (m,) = _results(broker, 1)
     worker.stop()
     assert "spans" not in m.extra
-    assert {s[2] for s in rec.drain() if s[0] == "rr"} == CLASSIFY_COMPONENTS
+    assert {s.component for s in rec.drain() if s.request_id == "rr"} == CLASSIFY_COMPONENTS
     backend.close()
 
 
@@ -167,13 +169,13 @@ def test_pipeline_records_every_component_and_server_timing(tiny_detector, tiny_
         time.sleep(0.05)   # result-leg spans are recorded by the listener right before the wake-up
     finally:
         p.stop()
-    spans = [s for s in rec.drain() if s[0] == "req-spans"]
-    got = {(s[1], s[2]) for s in spans}
+    spans = [s for s in rec.drain() if s.request_id == "req-spans"]
+    got = {(s.stage, s.component) for s in spans}
     assert {("detect", c) for c in DETECT_COMPONENTS} <= got
     assert {("classify", c) for c in CLASSIFY_COMPONENTS} <= got
-    assert all(s[3] <= s[4] for s in spans)
-    assert sum(1 for s in spans if s[1:3] == ("classify", "inference")) == 3
-    assert sum(1 for s in spans if s[1:3] == ("classify", "broker")) == 6   # crop + result legs
+    assert all(s.start_ns <= s.end_ns for s in spans)
+    assert sum(1 for s in spans if (s.stage, s.component) == ("classify", "inference")) == 3
+    assert sum(1 for s in spans if (s.stage, s.component) == ("classify", "broker")) == 6   # crop + result legs
     header = out["timing"].server_timing()
     for key in ("detect-decode", "detect-resize", "detect-normalize", "detect-inference",
                 "detect-postprocess", "classify-inference", "classify-broker"):

@@ -1,4 +1,4 @@
-"""analysis/stability.py on synthetic window series, and the live step extension of StepTracker."""
+"""overhead/contract/stability.py on synthetic window series, and the live step extension of StepTracker."""
 from __future__ import annotations
 
 import random
@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.stability import StabilityRule, Window, assess, judge, run_validity, windows  # noqa: E402
+from overhead.contract.stability import StabilityRule, Window, assess, judge, run_validity, windows  # noqa: E402
 from loadtest.schedule import StepSchedule, StepTracker  # noqa: E402
 
 S = 1_000_000_000

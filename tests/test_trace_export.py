@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from analysis.rundir import REQUEST_COLUMNS, RunDir, table_from_rows, write_parquet_atomic  # noqa: E402
+from overhead.contract.records import RequestRecord  # noqa: E402
+from overhead.contract.rundir import RunDir, write_records  # noqa: E402
 from analysis.trace_export import _lanes, build_trace  # noqa: E402
 from test_breakdown import make_run  # noqa: E402
 
@@ -116,8 +117,10 @@ def test_slowest_n_and_the_cli(tmp_path):
 
 def test_open_loop_request_shows_schedule_lag(tmp_path):
     run = RunDir(tmp_path / "run").create()
-    rows = [("a" * 32, 0, "img", "0.1MP", 10, 1_000, 5_000, 9_000, 200, None, "", 1)]
-    write_parquet_atomic(table_from_rows(rows, REQUEST_COLUMNS), run.requests)
+    rec = RequestRecord(request_id="a" * 32, user=0, image="img", size_class="0.1MP", bytes=10,
+                        intended_ns=1_000, send_ns=5_000, recv_ns=9_000, status=200, error=None,
+                        server_timing="", k=1)
+    write_records([rec], RequestRecord, run.requests)
     trace = build_trace(run.path)
     check_trace_format(trace)
     xs = {e["name"]: e for e in trace["traceEvents"] if e["ph"] == "X"}

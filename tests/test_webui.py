@@ -102,7 +102,8 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
         proc = subprocess.Popen(
             [PY, "-m", "locust", "-f", str(LOCUSTFILE), "--host", gw.url, "--web-host", "127.0.0.1",
              "--web-port", str(port), "--overhead-run-dir", str(run_dir),
-             "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir)],
+             "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir),
+             "--overhead-warmup-seconds", "0"],   # default 5 s, as in the sweep
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
             env=env, start_new_session=True)
     try:
@@ -133,7 +134,7 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
         assert final["infer_requests"] == final["requests"] == len(req)
         steps = pd.read_parquet(run_dir / "steps.parquet")
         assert list(steps["users"]) == [1, 2]
-        assert (steps["measure_start_ns"] == steps["start_ns"]).all()       # warm-up 0 in the UI
+        assert (steps["measure_start_ns"] == steps["start_ns"]).all()       # --overhead-warmup-seconds 0
         assert (steps["start_ns"].iloc[1] == steps["end_ns"].iloc[0])
         assert steps["start_ns"].iloc[0] <= req["send_ns"].min() and req["recv_ns"].max() <= steps["end_ns"].iloc[-1]
         assert cfg["run"]["host"] == gw.url and cfg["gateway"]["settings"]["k"] == 2

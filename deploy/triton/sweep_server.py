@@ -44,9 +44,9 @@ class ManagedTriton:
     def __init__(self, run_dir, gateway_args: list[str], protocol: str = "grpc",
                  max_batch: int = 8, queue_delay_us: int = 100, instances: int = 1,
                  intra_op_threads: int = 1):
-        from pipelines.settings import GatewaySettings
+        from overhead.config import GatewaySettings
 
-        ns, _ = GatewaySettings.parser().parse_known_args(gateway_args)
+        ns = GatewaySettings.from_args(gateway_args, known_only=True)
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / "triton"
         self.detector, self.classifier, self.models_dir = ns.detector, ns.classifier, ns.models_dir
@@ -136,39 +136,39 @@ def _attrs(a) -> dict:
 def join_spans_file(spans_path: Path, trace: dict) -> dict:
     """Rewrite ``spans_path``: each ``inference`` span with a ``server_rid`` found in ``trace``
     becomes transfer/queue/inference from the trace. Returns counts per stage."""
+    import dataclasses
+
     import pyarrow.parquet as pq
 
-    from analysis.rundir import write_parquet_atomic
+    from overhead.contract.records import Span, from_table
+    from overhead.contract.rundir import write_records
     from pipelines.inference.triton import server_spans
-    from pipelines.spans import spans_to_table
 
     if not spans_path.exists():
         return {"error": f"no {spans_path}"}
-    rows = pq.read_table(spans_path).to_pylist()
     off = time.time_ns() - time.monotonic_ns()
     out, counts = [], {}
-    for r in rows:
-        a = _attrs(r["attrs"]) if r["component"] == "inference" else {}
+    for span in from_table(Span, pq.read_table(spans_path)):
+        a = _attrs(span.attrs) if span.component == "inference" else {}
         srid = a.get("server_rid")
         if not srid:
-            out.append(tuple(r[c] for c in ("request_id", "stage", "component", "start_ns",
-                                              "end_ns", "attrs")))
+            out.append(span)
             continue
-        c = counts.setdefault(r["stage"], {"joined": 0, "missing": 0})
+        c = counts.setdefault(span.stage, {"joined": 0, "missing": 0})
         t = trace.get(srid)
-        parts = server_spans(t, r["start_ns"], r["end_ns"], off) if t else []
+        parts = server_spans(t, span.start_ns, span.end_ns, off) if t else []
         if not parts:
             c["missing"] += 1
-            out.append((r["request_id"], r["stage"], "inference", r["start_ns"], r["end_ns"],
-                        json.dumps({**a, "source": "client"}, separators=(",", ":"))))
+            out.append(dataclasses.replace(
+                span, attrs=json.dumps({**a, "source": "client"}, separators=(",", ":"))))
             continue
         c["joined"] += 1
         base = {k: v for k, v in a.items() if k in ("crop", "batch", "server_rid")}
         for comp, s, e, extra in parts:
             at = {**base, **(extra or {}), "source": "triton-trace"}
-            out.append((r["request_id"], r["stage"], comp, int(s), int(e),
-                        json.dumps(at, separators=(",", ":"))))
-    write_parquet_atomic(spans_to_table(out), spans_path)
+            out.append(dataclasses.replace(span, component=comp, start_ns=int(s), end_ns=int(e),
+                                           attrs=json.dumps(at, separators=(",", ":"))))
+    write_records(out, Span, spans_path)
     return counts
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import threading
 import time
@@ -38,8 +37,6 @@ from pipelines.inference import InferenceBackend
 from pipelines.inference.embedded import InferResult
 
 now_ns = time.time_ns
-DEFAULT_URL = "http://127.0.0.1:8501"
-_default_url: str | None = None
 
 # tensorflow DataType enum values (tensorflow/core/framework/types.proto)
 _DT = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,
@@ -47,15 +44,6 @@ _DT = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,
 _NP = {v: k for k, v in _DT.items()}
 _VAL_FIELD = {1: "float_val", 2: "double_val", 3: "int_val", 4: "int_val", 9: "int64_val",
               19: "half_val"}
-
-
-def set_default_url(url: str | None) -> None:
-    global _default_url
-    _default_url = url
-
-
-def default_url() -> str:
-    return _default_url or os.environ.get("OVERHEAD_TFSERVING_URL") or DEFAULT_URL
 
 
 class TFServingUnavailable(RuntimeError):
@@ -116,7 +104,7 @@ def tensor_to_numpy(t) -> np.ndarray:
 class TFServingBackend(InferenceBackend):
     kind = "tfserving"
 
-    def __init__(self, model_info, url: str | None = None, rest_format: str = "instances",
+    def __init__(self, model_info, url: str, rest_format: str = "instances",
                  timeout_s: float = 10.0, connect_timeout_s: float = 2.0,
                  model_name: str | None = None, model_version: int | None = None,
                  signature_name: str = "serving_default", **_ignored):
@@ -131,7 +119,7 @@ class TFServingBackend(InferenceBackend):
         self.input_name = getattr(model_info, "input_name", None) or "input"
         self.output_names = list(getattr(model_info, "output_names", []) or [])
         self.rest_format = rest_format
-        self.url_given = url or default_url()
+        self.url_given = url
         self.protocol, self.host, self.port = _parse(self.url_given)
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
@@ -332,5 +320,4 @@ class TFServingBackend(InferenceBackend):
 
 
 __all__ = ["TFServingBackend", "TFServingInferResult", "TFServingInferenceError",
-           "TFServingUnavailable", "default_url", "make_tensor_proto", "set_default_url",
-           "tensor_to_numpy"]
+           "TFServingUnavailable", "make_tensor_proto", "tensor_to_numpy"]

@@ -16,9 +16,9 @@ round trip into ``transfer`` / ``queue`` / ``inference`` comes from Triton itsel
 ``join_trace`` (per request, from a ``--trace-config level=TIMESTAMPS`` file) and
 ``model_stats`` / ``stats_delta`` (aggregates from ``/v2/models/<m>/stats``).
 
-The server URL defaults to ``set_default_url(...)`` (the gateway's ``--triton-url``), then
-``$OVERHEAD_TRITON_URL``, then ``http://127.0.0.1:8000``. Server down or model missing raises
-``TritonUnavailable`` naming the URL and the model, within ``timeout_s``.
+The server URL is a constructor argument (the gateway's and the worker's ``--triton-url``,
+``overhead/config.py``). Server down or model missing raises ``TritonUnavailable`` naming the URL
+and the model, within ``timeout_s``.
 """
 from __future__ import annotations
 
@@ -35,21 +35,9 @@ from pipelines.inference import InferenceBackend
 from pipelines.inference.embedded import InferResult
 
 now_ns = time.time_ns
-DEFAULT_URL = "http://127.0.0.1:8000"
-_default_url: str | None = None
 
 _NP_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
              "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
-
-
-def set_default_url(url: str | None) -> None:
-    """The URL ``make_backend("triton", info)`` uses when none is passed (gateway ``--triton-url``)."""
-    global _default_url
-    _default_url = url
-
-
-def default_url() -> str:
-    return _default_url or os.environ.get("OVERHEAD_TRITON_URL") or DEFAULT_URL
 
 
 def parse_url(url: str, protocol: str | None = None) -> tuple[str, str]:
@@ -81,7 +69,7 @@ class TritonInferResult(InferResult):
 class TritonBackend(InferenceBackend):
     kind = "triton"
 
-    def __init__(self, model_info, url: str | None = None, protocol: str | None = None,
+    def __init__(self, model_info, url: str, protocol: str | None = None,
                  timeout_s: float = 10.0, connect_timeout_s: float = 2.0,
                  model_name: str | None = None, model_version: str = "", **_ignored):
         # _ignored: embedded options (intra_op_threads, max_batch, max_delay_ms) are server-side
@@ -89,7 +77,7 @@ class TritonBackend(InferenceBackend):
         self.model_name = model_name or getattr(model_info, "name", "")
         self.model_version = model_version
         self.input_hw = tuple(getattr(model_info, "input_hw", (0, 0)))
-        self.url_given = url or default_url()
+        self.url_given = url
         self.protocol, self.url = parse_url(self.url_given, protocol)
         self.timeout_s = float(timeout_s)
         self.connect_timeout_s = float(connect_timeout_s)
@@ -350,4 +338,4 @@ def server_spans(trace: dict, send_ns: int, recv_ns: int, mono_offset_ns: int | 
 
 
 __all__ = ["TritonBackend", "TritonInferResult", "TritonInferenceError", "TritonUnavailable",
-           "default_url", "read_trace", "server_spans", "set_default_url", "stats_delta"]
+           "read_trace", "server_spans", "stats_delta"]

@@ -1,4 +1,4 @@
-"""The run directory: paths, table schemas, and small read/write helpers.
+"""The run directory: paths and small read/write helpers.
 
 A run is a directory (docs/architecture.md, "Run directory")::
 
@@ -12,6 +12,8 @@ A run is a directory (docs/architecture.md, "Run directory")::
       logs/              gateway.log, locust.log
       report.md, report.html, breakdown.csv, plots/
 
+The tables' columns and types are the record classes of ``overhead.contract.records``.
+
 This module is imported by the locustfile (a gevent-patched process), so it imports nothing
 heavy at module level: pyarrow and pandas are imported inside the functions that need them.
 """
@@ -22,20 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Column order and types of requests.parquet, as in docs/architecture.md.
-REQUEST_COLUMNS = (
-    ("request_id", "string"), ("user", "int64"), ("image", "string"), ("size_class", "string"),
-    ("bytes", "int64"), ("intended_ns", "int64"), ("send_ns", "int64"), ("recv_ns", "int64"),
-    ("status", "int64"), ("error", "string"), ("server_timing", "string"), ("k", "int64"),
-)
-STEP_COLUMNS = (
-    ("step", "int64"), ("users", "int64"), ("start_ns", "int64"),
-    ("measure_start_ns", "int64"), ("end_ns", "int64"),
-)
-SPAN_COLUMNS = (
-    ("request_id", "string"), ("stage", "string"), ("component", "string"),
-    ("start_ns", "int64"), ("end_ns", "int64"), ("attrs", "string"),
-)
+from overhead.contract.records import RequestRecord, Span, StepRecord, arrow_schema, field_names
 
 
 @dataclass(frozen=True)
@@ -71,17 +60,12 @@ class RunDir:
         return self
 
 
-def _schema(columns):
-    import pyarrow as pa
-
-    return pa.schema([(name, getattr(pa, typ)()) for name, typ in columns])
-
-
 def table_from_rows(rows: list[tuple], columns) -> "pyarrow.Table":  # noqa: F821
-    """Rows (tuples in column order) to an Arrow table with the contract's types."""
+    """Side tables that are not records of the contract (CPU samples, broker depth): rows (tuples
+    in column order) and ``((name, arrow type name), ...)`` to an Arrow table."""
     import pyarrow as pa
 
-    schema = _schema(columns)
+    schema = pa.schema([(name, getattr(pa, typ)()) for name, typ in columns])
     cols = list(zip(*rows)) if rows else [[] for _ in columns]
     return pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
 
@@ -114,18 +98,27 @@ def read_json(path: str | os.PathLike, default=None):
     return json.loads(path.read_text())
 
 
+def write_records(records, cls: type, path: str | os.PathLike) -> Path:
+    """Records of one class to a Parquet file with the class's schema (atomically)."""
+    from overhead.contract.records import to_table
+
+    return write_parquet_atomic(to_table(records, cls), path)
+
+
 def span_parts(run: RunDir) -> list[Path]:
     if not run.spans_parts.is_dir():
         return []
     return sorted(p for p in run.spans_parts.glob("*.parquet"))
 
 
-def _read_tables(paths, columns):
+def read_table(paths, cls: type):
+    """Parquet files of one record class as one Arrow table with the class's schema (columns
+    selected by name and cast, so a file with extra columns or wider types still reads)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema(columns)
-    tables = [pq.read_table(p).select([n for n, _ in columns]).cast(schema) for p in paths]
+    schema = arrow_schema(cls)
+    tables = [pq.read_table(p).select(list(field_names(cls))).cast(schema) for p in paths]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -140,7 +133,7 @@ def merge_span_parts(run_dir: str | os.PathLike, remove_parts: bool = True) -> i
     run = RunDir(run_dir)
     parts = span_parts(run)
     sources = ([run.spans] if run.spans.exists() else []) + parts
-    table = _read_tables(sources, SPAN_COLUMNS)
+    table = read_table(sources, Span)
     write_parquet_atomic(table, run.spans)
     if pq.read_metadata(run.spans).num_rows != table.num_rows:
         raise RuntimeError(f"merging spans into {run.spans}: row count mismatch")
@@ -154,32 +147,17 @@ def read_spans(run_dir: str | os.PathLike):
     """All spans of a run as a DataFrame: spans.parquet plus any parts not merged yet."""
     run = RunDir(run_dir)
     sources = ([run.spans] if run.spans.exists() else []) + span_parts(run)
-    return _read_tables(sources, SPAN_COLUMNS).to_pandas()
+    return read_table(sources, Span).to_pandas()
 
 
 def read_requests(run_dir: str | os.PathLike):
     run = RunDir(run_dir)
-    return _read_tables([run.requests] if run.requests.exists() else [], REQUEST_COLUMNS).to_pandas()
+    return read_table([run.requests] if run.requests.exists() else [], RequestRecord).to_pandas()
 
 
 def read_steps(run_dir: str | os.PathLike):
     run = RunDir(run_dir)
-    return _read_tables([run.steps] if run.steps.exists() else [], STEP_COLUMNS).to_pandas()
-
-
-def read_config(run_dir: str | os.PathLike) -> dict:
-    return read_json(RunDir(run_dir).config, {}) or {}
-
-
-def write_config(run_dir: str | os.PathLike, config: dict) -> Path:
-    return write_json_atomic(config, RunDir(run_dir).config)
-
-
-def update_config(run_dir: str | os.PathLike, **fields) -> dict:
-    config = read_config(run_dir)
-    config.update(fields)
-    write_config(run_dir, config)
-    return config
+    return read_table([run.steps] if run.steps.exists() else [], StepRecord).to_pandas()
 
 
 def read_locust_stats_csv(run_dir: str | os.PathLike) -> dict | None:
