@@ -79,13 +79,9 @@ def _imports(path: Path, tree: ast.AST) -> list[tuple[int, str]]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            if node.module is None or node.level:   # from . import x: x may be a module
-                out += [(node.lineno, f"{mod}.{a.name}" if mod else a.name) for a in node.names]
-            else:
-                out += [(node.lineno, mod)]
-                # "from analysis import bench_x" reaches a lab module by name
-                out += [(node.lineno, f"{mod}.{a.name}") for a in node.names
-                        if unit_of(f"{mod}.{a.name}") == "lab" and unit_of(mod) != "lab"]
+            # each imported name may be a module ("from overhead import config", "from analysis
+            # import bench_x"): module.name places it in the right unit either way
+            out += [(node.lineno, f"{mod}.{a.name}" if mod else a.name) for a in node.names]
     return out
 
 
@@ -216,6 +212,7 @@ def test_the_checks_find_planted_violations(tmp_path, monkeypatch):
         "analysis/z.py": "from deploy.triton import server\nfrom analysis import bench_x\n",
         "analysis/bench_x.py": "import loadtest.sweep\nimport sys\nsys.path.insert(0, '.')\n",
         "loadtest/w.py": "from .. import analysis\nimport brokers\n",
+        "deploy/v.py": "from overhead import config\nfrom overhead import cli\n",
         "overhead/contract/r.py": "from brokers import base\n",
     }
     for rel, text in files.items():
@@ -231,5 +228,6 @@ def test_the_checks_find_planted_violations(tmp_path, monkeypatch):
     assert "overhead/contract/r.py:1: contract imports brokers" in bad
     assert "bench_x" not in bad.replace("analysis.bench_x (the product", "")   # the lab is free
     assert "loadtest/w.py" not in bad      # relative import resolved (loadtest -> analysis is fine)
+    assert "deploy/v.py:1" not in bad and "deploy/v.py:2: deploy imports overhead.cli" in bad
     # brokers -> pipelines (x.py), pipelines -> loadtest (y.py, lazily), loadtest -> brokers (w.py)
     assert find_cycles(package_graph(trees)) == [["brokers", "loadtest", "pipelines"]]
