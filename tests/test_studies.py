@@ -163,9 +163,10 @@ def test_batch_latency_and_planner_smoke(tmp_path):
     _assert_report(out, ["batch_latency.csv", "fits.csv", "runs.csv", "plots/batch_latency.png"], m)
     fit = pd.read_csv(out / "fits.csv").iloc[0]
     # R^2 >= 0.95 is asserted on the line through the study's per-batch medians
-    # (batch_latency.csv). The study's own fit runs over every kept run and on 2 cores shared with
-    # other work (load 4-5) its R^2 measured anywhere from 0.9997 down to 0.35: only its slope is
-    # asserted, and that the planner can use it.
+    # (batch_latency.csv). The study's own fit runs over every kept run: on 2 cores shared with
+    # other work (load 4-5) its R^2 measured 0.77-0.99 (0.35-0.9997 before the study interleaved
+    # its runs and set CPU-steal outliers aside), so only its slope is asserted, and that the
+    # planner can use it.
     assert fit.a_ms_per_image > 0, fit.to_dict()
     med = pd.read_csv(out / "batch_latency.csv").set_index("batch").median_ms
     mfit = fit_linear(med.index, med.values)
