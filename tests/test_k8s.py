@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ import yaml
 
 from deploy import k8s_agree, k8s_check, k8s_render
 from deploy.services import BROKERS, SERVERS, SERVICES, options_env
+
+sys.path.insert(0, os.path.dirname(__file__))
+from servers import redis_server  # noqa: E402,F401  (fixture: a REAL redis-server)
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -217,3 +221,28 @@ def test_stale_generated_file_is_reported(tmp_path):
     env = tmp_path / "components" / "kafka" / "broker.env"
     env.write_text(env.read_text().replace("kafka-kafka-bootstrap", "kafka"))
     assert k8s_render.stale(files, tmp_path) == ["components/kafka/broker.env"]
+
+
+# -- the metric KEDA reads, on a REAL redis-server with the REAL broker ---------------------------
+def test_redis_lag_metric_names_the_brokers_stream_and_survives_delete_on_ack(redis_server):
+    """KEDA's redis-streams lagCount reads XINFO GROUPS ``lag`` of the ScaledObject's stream and
+    group. With the broker's own names (default prefix, the worker's group) and its
+    delete-on-ack, that lag is defined and counts exactly the crops not yet delivered."""
+    from brokers.redis_streams import RedisStreamsBroker
+    from overhead.contract.topics import CROPS
+
+    stream, group = k8s_render.crops_consumer("redis")
+    broker = RedisStreamsBroker.from_url(redis_server.url)
+    try:
+        broker.consume(CROPS, group, "w0", max_messages=1, timeout_s=0.01)   # the group exists
+        for i in range(10):
+            broker.publish(CROPS, b"crop %d" % i)
+        got = broker.consume(CROPS, group, "w1", max_messages=4, timeout_s=1.0)
+        assert len(got) == 4
+        broker.ack(CROPS, group, got[:3])
+        (info,) = [g for g in broker.client.xinfo_groups(stream) if g["name"].decode() == group]
+        assert info["lag"] == 6 and info["pending"] == 1
+        assert broker.client.xlen(stream) == 7         # acked entries were deleted
+    finally:
+        broker.client.delete(stream)
+        broker.close()
