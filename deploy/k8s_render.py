@@ -14,10 +14,10 @@ Lag threshold of the worker autoscaler (KEDA's metric is an AverageValue: it ask
 
     threshold = ceil(target backlog seconds / classifier seconds per crop)
 
-With the defaults, 0.5 s of backlog per worker and 4.9 ms per crop (MobileNetV2, batch 1, ONNX
-Runtime on this project's 2-core machine, docs/ENVIRONMENT facts), the threshold is 103 crops: a
-newly arrived crop waits about half a second behind its worker's share of the backlog before KEDA
-adds a replica. Measure your own per-crop time (a run's report: classify inference per crop) and
+With the defaults, 0.5 s of backlog per worker and 4.9 ms per crop (MobileNetV2 224x224, batch 1,
+ONNX Runtime, 2 intra-op threads, on the project's idle 2-core machine: a lower bound, see
+docs/kubernetes.md), the threshold is 103 crops: a newly arrived crop waits about half a second
+behind its worker's share of the backlog before KEDA adds a replica. Measure your own per-crop time (a run's report: classify inference per crop) and
 re-derive with ``--per-crop-ms``; note that workers beyond the inference server's capacity only
 move the queue from the broker into the server.
 """

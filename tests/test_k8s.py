@@ -113,6 +113,14 @@ def test_sweep_job_validates_and_matches_the_gateway(rendered):
     assert c["image"] == SERVICES["gateway"].image
 
 
+def test_results_pod_validates_and_mounts_the_results_volume():
+    (pod,) = k8s_check.kustomize(K8S / "fetch")
+    assert k8s_check.validate(pod) == []
+    assert k8s_agree.check_security("results", {"spec": {"template": pod}}) == []
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]}
+    assert claims == {"results"} and pod["metadata"]["namespace"] == k8s_render.NAMESPACE
+
+
 def test_env_names_are_config_options(rendered):
     """Every OVERHEAD_* the manifests set is an option of overhead/config.py for that program."""
     for docs in rendered.values():
