@@ -9,8 +9,19 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from deploy import k8s_render as kr
-from deploy.services import (APP_IMAGE, MODELS_CACHE, MODELS_IMAGE, MODELS_MOUNT, RESULTS_MOUNT,
-                             ROOT, SERVER_URLS, SERVICES, load_compose, options_env, port)
+from deploy.services import (
+    APP_IMAGE,
+    MODELS_CACHE,
+    MODELS_IMAGE,
+    MODELS_MOUNT,
+    RESULTS_MOUNT,
+    ROOT,
+    SERVER_URLS,
+    SERVICES,
+    load_compose,
+    options_env,
+    port,
+)
 
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 GPU_IMAGES = {"tfserving": "tensorflow/serving:2.16.1-gpu", "gateway": "overhead-gpu:0.1.0"}

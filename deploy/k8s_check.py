@@ -45,7 +45,7 @@ def overlay_combo(path: Path) -> tuple[str, str, bool]:
 
 def kustomize(path: Path) -> list[dict]:
     r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, check=False)
     if r.returncode:
         raise RuntimeError(f"kubectl kustomize {path} failed:\n{r.stderr}")
     return [d for d in yaml.safe_load_all(r.stdout) if d]

@@ -17,8 +17,8 @@ Lag threshold of the worker autoscaler (KEDA's metric is an AverageValue: it ask
 With the defaults, 0.5 s of backlog per worker and 4.9 ms per crop (MobileNetV2 224x224, batch 1,
 ONNX Runtime, 2 intra-op threads, on the project's idle 2-core machine: a lower bound, see
 docs/kubernetes.md), the threshold is 103 crops: a newly arrived crop waits about half a second
-behind its worker's share of the backlog before KEDA adds a replica. Measure your own per-crop time (a run's report: classify inference per crop) and
-re-derive with ``--per-crop-ms``; note that workers beyond the inference server's capacity only
+behind its worker's share of the backlog before KEDA adds a replica. Measure your own per-crop
+time (a run's report: classify inference per crop) and re-derive with ``--per-crop-ms``; note that workers beyond the inference server's capacity only
 move the queue from the broker into the server.
 """
 from __future__ import annotations
@@ -89,8 +89,8 @@ def scaled_object(broker: str, per_crop_ms: float, target_backlog_s: float) -> s
                    f'  lagThreshold: "{thr}"', '  activationLagThreshold: "0"',
                    "  offsetResetPolicy: earliest      # the workers' offset_reset"]
     lines = [
-        f"# lag threshold {thr} = ceil({target_backlog_s:g} s target backlog per worker / "
-        f"{per_crop_ms:g} ms per crop)",
+        (f"# lag threshold {thr} = ceil({target_backlog_s:g} s target backlog per worker / "
+         f"{per_crop_ms:g} ms per crop)"),
         "apiVersion: keda.sh/v1alpha1", "kind: ScaledObject", "metadata:", "  name: worker",
         "spec:", "  scaleTargetRef:", "    name: worker", f"  minReplicaCount: {MIN_REPLICAS}",
         f"  maxReplicaCount: {MAX_REPLICAS}", f"  pollingInterval: {POLLING_S}",

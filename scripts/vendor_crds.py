@@ -75,7 +75,7 @@ def vendor_trigger_keys(repo: str, ref: str) -> None:
         names = set()
         for path, struct in paths:
             src = show(repo, ref, path)
-            body = re.search(r"type %s struct \{(.*?)\n\}" % struct, src, re.S).group(1)
+            body = re.search(rf"type {struct} struct \{{(.*?)\n\}}", src, re.DOTALL).group(1)
             for m in TAG.finditer(body):
                 if "triggerMetadata" in m.group(2):
                     names |= {n.strip() for n in m.group(1).split(";")}

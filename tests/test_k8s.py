@@ -4,7 +4,8 @@ resources by their vendored CRD schemas (deploy/k8s/crds), and the agreement of 
 with deploy/services.py, the compose file and overhead/config.py. Each check is also shown to FAIL
 on a deliberately broken manifest. Nothing is applied to a cluster.
 
-A missing ``kubectl`` is a FAILURE (it renders the overlays; any kubectl >= 1.27 does).
+A missing ``kubectl`` is a FAILURE (it renders the overlays; scripts/ensure_kubectl.sh checks for
+>= 1.27, which ``make test`` runs).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from deploy import k8s_agree, k8s_check, k8s_render
 from deploy.services import BROKERS, SERVERS, SERVICES, options_env
 
 sys.path.insert(0, os.path.dirname(__file__))
-from servers import redis_server  # noqa: E402,F401  (fixture: a REAL redis-server)
+from servers import redis_server  # noqa: F401  (fixture: a REAL redis-server)
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -84,6 +85,19 @@ def test_combination_validates_and_agrees(rendered, server, broker, gpu):
     assert k8s_agree.check_rendered(docs, server, broker, gpu) == []
     srv = find(docs, "Deployment", server)["spec"]["template"]["spec"]["containers"][0]
     assert ("nvidia.com/gpu" in srv["resources"]["limits"]) == gpu
+
+
+def test_gpu_images_agree_with_the_compose_gpu_file():
+    """The gpu component's images are the compose GPU overlay's (``${VAR:-default}`` resolved to
+    its default)."""
+    import re
+
+    from deploy.services import GPU_COMPOSE_FILE, load_compose
+
+    compose = load_compose(GPU_COMPOSE_FILE)["services"]
+    images = {n: re.sub(r"\$\{[^:}]+:-([^}]+)\}", r"\1", s["image"])
+              for n, s in compose.items() if s.get("image")}
+    assert images == k8s_agree.GPU_IMAGES
 
 
 def test_autoscaler_threshold_is_derived_from_per_crop_time(rendered):
@@ -232,7 +246,7 @@ def test_stale_generated_file_is_reported(tmp_path):
 
 
 # -- the metric KEDA reads, on a REAL redis-server with the REAL broker ---------------------------
-def test_redis_lag_metric_names_the_brokers_stream_and_survives_delete_on_ack(redis_server):
+def test_redis_lag_metric_names_the_brokers_stream_and_survives_delete_on_ack(redis_server):  # noqa: F811
     """KEDA's redis-streams lagCount reads XINFO GROUPS ``lag`` of the ScaledObject's stream and
     group. With the broker's own names (default prefix, the worker's group) and its
     delete-on-ack, that lag is defined and counts exactly the crops not yet delivered."""
