@@ -78,9 +78,12 @@ def check_security(name, doc) -> list[str]:
 
 
 def check_command(name, container) -> list[str]:
-    """The container runs what the compose service runs (the models Job: plus a marker)."""
+    """The container runs what the compose service runs (the models Job: plus a marker), with
+    compose's variables at their defaults."""
     compose = (load_compose().get("services") or {}).get(name) or {}
-    want = [str(a).replace("$$", "$") for a in compose.get("command") or []]
+    # compose interpolation: ${VAR:-default} runs as its default unless the user sets VAR
+    want = [re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", str(a)).replace("$$", "$")
+            for a in compose.get("command") or []]
     got = (container.get("command") or []) + (container.get("args") or [])
     if name == "models":
         ok = " ".join(want) in " ".join(got)
