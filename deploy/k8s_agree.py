@@ -179,7 +179,8 @@ def check_scaler(docs, broker, data) -> list[str]:
                 "address": f"redis.{ns}.svc:{port('redis')}"}
     else:
         want = {"type": "kafka", "topic": name, "consumerGroup": group,
-                "bootstrapServers": f"{kr.KAFKA_BOOTSTRAP}.{ns}.svc:{port('kafka', 'kafka')}"}
+                "bootstrapServers": f"{kr.KAFKA_BOOTSTRAP}.{ns}.svc:{port('kafka', 'kafka')}",
+                "offsetResetPolicy": kr.kafka_offset_reset()}
         partitions = int(parse_qs(urlsplit(data.get("OVERHEAD_BROKER", "")).query)
                          .get("partitions", ["4"])[0])
         for k in _by_kind(docs, "Kafka").values():

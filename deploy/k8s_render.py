@@ -68,6 +68,12 @@ def crops_consumer(broker: str) -> tuple[str, str]:
     return topic, kafka.KafkaBroker.group_id(topic, group)
 
 
+def kafka_offset_reset() -> str:
+    from brokers import kafka
+
+    return kafka._OPTIONS["offset_reset"][1]
+
+
 def _env(pairs: dict) -> str:
     return HEADER + "".join(f"{k}={v}\n" for k, v in pairs.items())
 
@@ -87,7 +93,7 @@ def scaled_object(broker: str, per_crop_ms: float, target_backlog_s: float) -> s
                    f"  bootstrapServers: {KAFKA_BOOTSTRAP}.{NAMESPACE}.svc:{port('kafka', 'kafka')}",
                    f"  consumerGroup: {group}", f"  topic: {name}",
                    f'  lagThreshold: "{thr}"', '  activationLagThreshold: "0"',
-                   "  offsetResetPolicy: earliest      # the workers' offset_reset"]
+                   f"  offsetResetPolicy: {kafka_offset_reset()}   # as the workers' consumers"]
     lines = [
         (f"# lag threshold {thr} = ceil({target_backlog_s:g} s target backlog per worker / "
          f"{per_crop_ms:g} ms per crop)"),
