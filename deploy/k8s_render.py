@@ -57,21 +57,21 @@ def lag_threshold(per_crop_ms: float = PER_CROP_MS, target_backlog_s: float = TA
 def crops_consumer(broker: str) -> tuple[str, str]:
     """(stream or topic name, consumer group) the classifier workers consume, as the brokers
     name them (prefix + topic; Kafka groups are scoped per topic)."""
-    from brokers import kafka, redis_streams
+    from brokers import kafka, kafka_config, redis_streams
     from overhead.config import WorkerSettings
     from overhead.contract.topics import CROPS
 
     group = WorkerSettings.model_fields["group"].default
     if broker == "redis":
         return redis_streams._OPTIONS["prefix"][1] + CROPS, group
-    topic = kafka._OPTIONS["prefix"][1] + CROPS
+    topic = kafka_config.OPTIONS["prefix"][1] + CROPS
     return topic, kafka.KafkaBroker.group_id(topic, group)
 
 
 def kafka_offset_reset() -> str:
-    from brokers import kafka
+    from brokers import kafka_config
 
-    return kafka._OPTIONS["offset_reset"][1]
+    return kafka_config.OPTIONS["offset_reset"][1]
 
 
 def _env(pairs: dict) -> str:
