@@ -1,0 +1,141 @@
+"""The headline attribution (critical path) and the broker/backlog split, on hand-made span sets
+with exact known answers."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.report.attribution import attribute, by_component
+from analysis.report.backlog import backlog_fraction, busy_intervals, span_roles
+from analysis.report.critical_path import critical_path
+from overhead.contract.records import Span, field_names
+
+
+def reqs(*rows):
+    return pd.DataFrame(rows, columns=["request_id", "send_ns", "recv_ns"])
+
+
+def frame(rows):
+    """(request_id, 'stage-component', start, end, attrs dict | None) rows."""
+    out = [(r, k.split("-")[0], k.split("-")[1], s, e, json.dumps(a) if a else None)
+           for r, k, s, e, a in rows]
+    return pd.DataFrame(out, columns=list(field_names(Span)))
+
+
+def one_worker_request(rid="r", k=4, service=200, workers=("W",)):
+    """detect decode/postprocess, k crops published 10 ns apart; workers take crops in turn
+    (crop i to workers[i % n]), each busy ``service`` ns per crop, 4 ns of consume/ack between
+    crops, results back after 8 ns."""
+    rows = [(rid, "detect-decode", 0, 100, None), (rid, "detect-postprocess", 100, 150, None)]
+    free = {w: 0 for w in workers}
+    last = 0
+    for i in range(k):
+        w = workers[i % len(workers)]
+        produce = 152 + 10 * i
+        rows.append((rid, "detect-serialize", 150 + 10 * i, 155 + 10 * i, {"crop": i}))
+        deliver = max(produce + 8, free[w] + 4)
+        a = {"crop": i, "worker": w}
+        rows += [(rid, "classify-broker", produce, deliver, a),
+                 (rid, "classify-serialize", deliver + 1, deliver + 11, a),
+                 (rid, "classify-inference", deliver + 11, deliver + 1 + service, a)]
+        done = deliver + 1 + service
+        free[w] = done
+        rows.append((rid, "classify-broker", done + 1, done + 9, {"crop": i, "leg": "results"}))
+        last = max(last, done + 9)
+    return rows, last
+
+
+def test_one_worker_four_crops_exact():
+    rows, last = one_worker_request()
+    assert last == 985
+    sp = frame(rows)
+    a = critical_path(reqs(("r", 0, 1000)), sp).loc["r"]
+    # the path: decode, postprocess, the 4 serialize spans up to crop 3's publish, crop 3's chain
+    assert a["detect-decode"] == 100 and a["detect-postprocess"] == 50
+    assert a["detect-serialize"] == 2 + 5 + 5 + 5
+    assert a["classify-backlog"] == (361 - 182) + 200 + 200      # worker busy with crops 0..2
+    assert a["classify-broker"] == (775 - 182 - 579) + 8          # transit + results leg
+    assert a["classify-serialize"] == 10 and a["classify-inference"] == 190
+    assert a["other"] == 15 + 1 + 1 + 5 + 5 + 5
+    assert a.drop("e2e").sum() == a["e2e"] == 1000
+
+
+def test_closure_and_work_view_keeps_the_even_split_with_backlog():
+    rows, _ = one_worker_request()
+    sp = frame(rows)
+    rq = reqs(("r", 0, 1000))
+    roles = span_roles(sp)
+    busy = busy_intervals(sp, roles)
+    frac = backlog_fraction(sp, roles, busy)
+    work = attribute(rq, sp, frac).loc["r"]
+    plain = attribute(rq, sp).loc["r"]
+    assert work.drop("e2e").sum() == pytest.approx(1000)
+    assert work["classify-broker"] + work["classify-backlog"] == pytest.approx(plain["classify-broker"])
+    # crop 3's wait [182, 775) is 579/593 backlog: in the work view too
+    assert frac[(sp["component"] == "broker").to_numpy() & (roles["crop"] == 3).to_numpy()
+                & roles["crops_leg"].to_numpy()][0] == pytest.approx(579 / 593)
+    comp = by_component(critical_path(rq, sp))
+    assert list(comp.columns).index("backlog") == list(comp.columns).index("broker") + 1
+
+
+def test_path_follows_the_crop_that_finished_last():
+    # crop 1 is slow (its worker is slow); crop 2 finishes first although published last
+    rows = [("r", "detect-decode", 0, 100, None)]
+    for i, (deliver, end) in enumerate([(110, 300), (112, 700), (114, 200)]):
+        a = {"crop": i, "worker": f"W{i}"}
+        rows += [("r", "classify-broker", 101 + i, deliver, a),
+                 ("r", "classify-inference", deliver, end, a),
+                 ("r", "classify-broker", end, end + 5, {"crop": i, "leg": "results"})]
+    a = critical_path(reqs(("r", 0, 710)), frame(rows)).loc["r"]
+    assert a["classify-inference"] == 700 - 112
+    assert a["classify-broker"] == (112 - 102) + 5
+    assert a["classify-backlog"] == 0
+    assert a["detect-decode"] == 100 and a["other"] == 2 + 5
+    assert a.drop("e2e").sum() == 710
+
+
+def test_two_workers_cut_the_backlog():
+    rows, last = one_worker_request(workers=("A", "B"))
+    a = critical_path(reqs(("r", 0, last + 15)), frame(rows)).loc["r"]
+    one, _ = one_worker_request()
+    b = critical_path(reqs(("r", 0, 1000)), frame(one)).loc["r"]
+    # crop 3 goes to B, which served crop 1 only: it waits for one crop, not three
+    assert a["classify-backlog"] == pytest.approx((162 + 8 + 1 + 200) - 182)
+    assert a["classify-backlog"] < b["classify-backlog"] / 2
+    assert a.drop("e2e").sum() == pytest.approx(a["e2e"])
+
+
+def test_nested_spans_keep_their_own_time_and_gaps_are_other():
+    sp = frame([("r", "detect-inference", 10, 90, None), ("r", "detect-queue", 20, 40, None)])
+    a = critical_path(reqs(("r", 0, 100)), sp).loc["r"]
+    assert a["detect-queue"] == 20 and a["detect-inference"] == 60 and a["other"] == 20
+
+
+def test_spans_without_worker_keep_their_wait_as_broker():
+    rows, _ = one_worker_request()
+    rows = [(r, k, s, e, ({x: v for x, v in a.items() if x != "worker"} if a else a))
+            for r, k, s, e, a in rows]
+    a = critical_path(reqs(("r", 0, 1000)), frame(rows)).loc["r"]
+    assert a["classify-backlog"] == 0 and a["classify-broker"] == 593 + 8
+
+
+def test_critical_path_is_fast_for_5000_requests():
+    n = 5000
+    rq, rows = [], []
+    for i in range(n):
+        r, last = one_worker_request(rid=f"r{i}")
+        off = i * 2000
+        rq.append((f"r{i}", off, off + last + 15))
+        rows += [(rid, k, s + off, e + off, a) for rid, k, s, e, a in r]
+    sp = frame(rows)
+    t0 = time.perf_counter()
+    a = critical_path(reqs(*rq), sp)
+    elapsed = time.perf_counter() - t0
+    print(f"critical path: {n} requests, {len(sp)} spans in {elapsed:.2f} s")
+    assert elapsed < 10, elapsed
+    assert (a.drop(columns="e2e").sum(axis=1) - a["e2e"]).abs().max() < 1e-6
+    assert np.allclose(a["classify-backlog"], 579)
