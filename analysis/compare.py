@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report.attribution import UNCOVERED, attribute
+from analysis.report.attribution import UNCOVERED
 from analysis.report.load import load_run, open_loop_view
 from analysis.report.summary import assign_steps, size_sort_key, summarize
+from analysis.report.views import attribute_both
 
 HIGHLIGHT = "broker"
 
@@ -72,7 +73,7 @@ def summarize_run(path, label: str | None = None) -> RunSummary:
         if len(steps):
             steps = steps.copy()
             steps["users"] = steps["step"] + 1
-    s = summarize(requests, attribute(requests, spans), steps)
+    s = summarize(requests, attribute_both(requests, spans).path, steps)   # critical path
     broker, workers = describe_broker(run.config)
     load = run.config.get("load") or {}
     ol = run.open_loop or {}
@@ -231,7 +232,9 @@ def markdown(runs: list[RunSummary], head, rows, match: str | None = None) -> st
     else:
         lines += ["", "Per load level and size class: throughput, e2e p50/p99 and each component's "
                   "share of mean e2e (closure: the shares plus `other` add up to 100%). "
-                  f"**{HIGHLIGHT}** = time crops and results spend in the broker.", ""]
+                  f"Shares are of the critical path (the crop that finished last). **{HIGHLIGHT}** = "
+                  f"the broker's own transit of that crop and its result; `backlog` = that crop's "
+                  f"wait for a worker busy with other crops.", ""]
     hi = head.index(f"{HIGHLIGHT} %") if f"{HIGHLIGHT} %" in head else -1
     lines.append("| " + " | ".join(f"**{h}**" if i == hi else h for i, h in enumerate(head)) + " |")
     lines.append("|" + "---|" * len(head))
