@@ -88,7 +88,7 @@ def _shift(spans: pd.DataFrame, roles: pd.DataFrame, worker: str, theta: int) ->
     spans.loc[mine & roles["crops_leg"].to_numpy(), "end_ns"] -= theta
     taken = pd.MultiIndex.from_arrays([spans["request_id"][mine & roles["crops_leg"].to_numpy()],
                                        roles["crop"][mine & roles["crops_leg"].to_numpy()]])
-    res = roles["results_leg"].to_numpy()
+    res = roles["results_leg"].to_numpy().copy()
     res &= pd.MultiIndex.from_arrays([spans["request_id"], roles["crop"]]).isin(taken)
     spans.loc[res, "start_ns"] -= theta
 
