@@ -139,3 +139,15 @@ def test_critical_path_is_fast_for_5000_requests():
     assert elapsed < 10, elapsed
     assert (a.drop(columns="e2e").sum(axis=1) - a["e2e"]).abs().max() < 1e-6
     assert np.allclose(a["classify-backlog"], 579)
+
+
+def test_pareto_front_and_best_under_a_budget():
+    from analysis.pareto import best_under, pareto_mask
+
+    df = pd.DataFrame({"run": ["a", "a", "b", "b", "c"], "users": [1, 4, 1, 4, 1],
+                       "size_class": ["1MP"] * 5, "throughput_rps": [10.0, 12.0, 11.0, 20.0, 9.0],
+                       "e2e_p99_ms": [100.0, 400.0, 90.0, 300.0, 95.0]})
+    assert pareto_mask(df).tolist() == [False, False, True, True, False]
+    best = best_under(df, 200.0)
+    assert best[["run", "users"]].values.tolist() == [["b", 1]]
+    assert len(best_under(df, 50.0)) == 0
