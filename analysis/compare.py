@@ -16,6 +16,8 @@ and the schedule lag (intended -> real send) p50/p99, then component shares as a
 Closed loop: a Pareto view too (throughput vs p99 per run and load level, Pareto-optimal points
 marked, ``--p99-budget MS`` names the best configuration; compare.md and compare_pareto.png).
 
+``--repeats``: the runs are repeats of one configuration; each cell shows mean ± 95% CI.
+
 Prints a rich table and writes compare.md (default: next to the runs, in the first run
 directory's parent). The summaries are the breakdown report's own (``analysis.report``): same
 closure, same step windows.
@@ -31,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import pareto
+from analysis.report import uncertainty
 from analysis.report.attribution import UNCOVERED
 from analysis.report.load import load_run, open_loop_view
 from analysis.report.summary import assign_steps, size_sort_key, summarize
@@ -314,6 +317,20 @@ def compare(run_dirs, out=None, labels=None, quiet=False, match: str | None = No
     return out
 
 
+def compare_repeats(run_dirs, out=None, quiet=False) -> Path:
+    """The runs are repeats of one configuration: mean ± 95% CI per (users, size) cell."""
+    runs = [summarize_run(p) for p in run_dirs]
+    comps = [c for c in dict.fromkeys(c for r in runs for c in r.components)]
+    table = uncertainty.repeat_table([r.main for r in runs], comps)
+    out = Path(out) if out else Path(run_dirs[0]).resolve().parent / "compare.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(uncertainty.repeat_markdown(table, comps, [str(r.path) for r in runs]))
+    if not quiet:
+        print(out.read_text())
+        print(f"compare: {out}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="analysis/compare.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+", help="run directories written by loadtest/sweep.py")
@@ -324,9 +341,14 @@ def main(argv=None) -> int:
                          "open loop) or each step of the first run with the nearest throughput")
     ap.add_argument("--p99-budget", type=float, default=None, metavar="MS",
                     help="name the configuration with the most throughput whose p99 stays within MS")
+    ap.add_argument("--repeats", action="store_true",
+                    help="the runs are repeats of one configuration: mean and 95%% CI per cell")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
+        if args.repeats:
+            compare_repeats(args.run_dirs, args.out, args.quiet)
+            return 0
         compare(args.run_dirs, args.out, args.label, args.quiet, args.match, args.p99_budget)
     except FileNotFoundError as exc:
         print(f"compare: {exc}", file=sys.stderr)

@@ -151,3 +151,21 @@ def test_pareto_front_and_best_under_a_budget():
     best = best_under(df, 200.0)
     assert best[["run", "users"]].values.tolist() == [["b", 1]]
     assert len(best_under(df, 50.0)) == 0
+
+
+def test_uncertainty_mean_ci_and_p99_bound():
+    from analysis.report.uncertainty import mean_ci, min_samples, p99_upper_bound, repeat_table
+
+    m, h, n = mean_ci([10.0, 12.0, 14.0])
+    assert (m, n) == (12.0, 3) and h == pytest.approx(4.303 * 2 / 3 ** 0.5, rel=1e-3)
+    assert np.isnan(mean_ci([5.0])[1])
+    assert min_samples() == 459                       # 1 - 0.99^n >= 0.99
+    assert np.isnan(p99_upper_bound(np.arange(1, 459)))
+    assert p99_upper_bound(np.arange(1, 460)) == 459  # the maximum of 459 samples
+    assert p99_upper_bound(np.arange(1, 1001)) == 998   # above the sample p99 (990)
+    main = pd.DataFrame({"users": [1, 1], "size_class": ["1MP", "1MP"], "requests": [5, 5],
+                         "throughput_rps": [10.0, 12.0], "e2e_mean_ms": [1.0, 3.0],
+                         "e2e_p50_ms": [1.0, 1.0], "e2e_p99_ms": [2.0, 2.0], "broker_mean_ms": [0.5, 0.7]})
+    t = repeat_table([main.iloc[[0]], main.iloc[[1]]], ["broker"])
+    assert t.loc[0, "repeats"] == 2 and t.loc[0, "throughput_rps"] == 11.0
+    assert t.loc[0, "broker_mean_ms"] == pytest.approx(0.6) and t.loc[0, "throughput_rps_ci"] > 0
