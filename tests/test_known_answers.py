@@ -11,7 +11,6 @@ measures it, and the report must recover it within 10%.
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
@@ -121,7 +120,7 @@ def test_network_throttle_shows_as_transfer(tmp_path, netns):
     subprocess.run([*prefix, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "50mbit",
                     "burst", "32kb", "latency", "400ms"], check=True)
     slow = sweep(tmp_path / "tbf", prefix=prefix, sizes="8MP", step=12.0)
-    ok0, a0 = measured(base)
+    _, a0 = measured(base)
     ok1, a1 = measured(slow)
     expected = float(ok1["bytes"].mean()) * 8 / rate_bps * 1e3
     added = float(a1["gateway-transfer"].mean() - a0["gateway-transfer"].mean())
@@ -137,10 +136,11 @@ def test_clock_skew_of_a_worker_is_detected_and_corrected(tmp_path, redis_server
     offset_ms = 50.0
     env = {**_env(), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     name = f"skewed-{uuid.uuid4().hex[:6]}"
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below, after the worker
     worker = subprocess.Popen(
         ["faketime", "-f", f"+{offset_ms / 1e3:g}", PY, "-m", "pipelines.worker",
          "--broker", redis_server.url, "--name", name, "--group", "classifiers"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"))
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(1.0)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
@@ -152,13 +152,14 @@ def test_clock_skew_of_a_worker_is_detected_and_corrected(tmp_path, redis_server
             worker.wait(15)
         except subprocess.TimeoutExpired:
             worker.kill()
+        log.close()
     notes = [n for n in rep.clock_notes if name in n]
     print("\n".join(rep.clock_notes))
     assert notes and "Clock skew corrected" in notes[0], rep.clock_notes
     assert any(name in v for v in rep.validity)       # shown with the report's validity notes
     theta = float(notes[0].split("clock is ")[1].split(" ms")[0].split(" ±")[0])
     assert theta == pytest.approx(offset_ms, rel=0.10)
-    ok, a = measured(rep)
+    _, a = measured(rep)
     # corrected: the classifier's time is on the path and nothing is left hanging as `other`
     assert a["classify-inference"].mean() > 0
     assert (a["other"] / a["e2e"]).mean() < 0.2

@@ -60,7 +60,7 @@ def correct_worker_clocks(requests: pd.DataFrame, spans: pd.DataFrame) -> tuple[
     notes, spans = [], spans.copy()
     skewed = off[(off["theta_ns"].abs() > off["err_ns"]) & (off["theta_ns"].abs() > MIN_SHIFT_NS)]
     for w, r in skewed.iterrows():
-        _shift(spans, roles, str(w), int(round(r["theta_ns"])))
+        _shift(spans, roles, str(w), int(round(float(r["theta_ns"]))))
         notes.append(
             f"**Clock skew corrected**: worker `{w}`'s clock is {r['theta_ns'] / 1e6:+.2f} ± "
             f"{r['err_ns'] / 1e6:.2f} ms off the gateway's (NTP-style, from the fastest of its "

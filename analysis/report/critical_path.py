@@ -99,7 +99,7 @@ def _walk(items: list, t: int, floor: int, out: list) -> None:
             st, en = it[0], it[1]
             if st >= t or (it[2] == CHAIN and en > t):
                 continue
-            en = en if en < t else t
+            en = min(en, t)
             if best is None or en > best_end or (en == best_end and st > best[0]):
                 best, best_end = it, en
         if best is None or best_end <= floor:
