@@ -187,14 +187,14 @@ def test_a_skewed_worker_clock_is_estimated_and_corrected():
         else:
             shifted.append((r, k, s, e, a))
     rq = reqs(("r", 0, 1000))
-    fixed, notes = correct_worker_clocks(rq, frame(shifted))
+    fixed, notes, _ = correct_worker_clocks(rq, frame(shifted))
     assert len(notes) == 1 and "Clock skew corrected" in notes[0] and "`W`" in notes[0]
     # the fastest round trip (crop 0: 8 ns there, 8 ns back) bounds the offset to +0.5 ms +- 8 ns
     assert "+0.50 ± 0.00 ms" in notes[0]
     back = frame(rows)
     assert (fixed[["start_ns", "end_ns"]].to_numpy() - back[["start_ns", "end_ns"]].to_numpy()).max() == 0
     # an in-process worker (same clock) is left alone
-    same, none = correct_worker_clocks(rq, back)
+    same, none, _ = correct_worker_clocks(rq, back)
     assert none == [] and same.equals(back)
 
 
@@ -204,6 +204,7 @@ def test_spans_of_a_worker_without_round_trips_are_refused_with_a_warning():
     rows, _ = one_worker_request()
     rows = [(r, k, s + 5_000, e + 5_000, a) if a and a.get("worker") and k != "classify-broker"
             else (r, k, s, e, a) for r, k, s, e, a in rows if not (a and a.get("leg"))]
-    kept, notes = correct_worker_clocks(reqs(("r", 0, 1000)), frame(rows))
+    kept, notes, roles = correct_worker_clocks(reqs(("r", 0, 1000)), frame(rows))
+    assert len(roles) == len(kept)
     assert len(notes) == 1 and "spans refused" in notes[0]
     assert kept["end_ns"].max() <= 1000

@@ -48,13 +48,12 @@ def estimate_offsets(trips: pd.DataFrame) -> pd.DataFrame:
                          "trips": trips.groupby("worker").size()})
 
 
-def correct_worker_clocks(requests: pd.DataFrame, spans: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """(spans with skewed workers' timestamps corrected or refused, warnings)."""
-    if not len(spans) or "attrs" not in spans.columns:
-        return spans, []
-    roles = span_roles(spans)
-    if not (roles["worker"] != "").any():
-        return spans, []
+def correct_worker_clocks(requests: pd.DataFrame, spans: pd.DataFrame, roles: pd.DataFrame | None = None
+                          ) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """(spans with skewed workers' timestamps corrected or refused, warnings, their roles)."""
+    roles = span_roles(spans) if roles is None else roles
+    if not len(spans) or not (roles["worker"] != "").any():
+        return spans, [], roles
     off = estimate_offsets(round_trips(spans, roles))
     outside = _outside_counts(requests, spans, roles)
     notes, spans = [], spans.copy()
@@ -76,7 +75,7 @@ def correct_worker_clocks(requests: pd.DataFrame, spans: pd.DataFrame) -> tuple[
                          f"outside their request (ending after the answer arrived or before it "
                          f"was sent) and its offset cannot be estimated (no crop round trips): "
                          f"they were left out of the attribution.")
-    return spans, notes
+    return spans, notes, roles
 
 
 def _shift(spans: pd.DataFrame, roles: pd.DataFrame, worker: str, theta: int) -> None:

@@ -22,8 +22,7 @@ class Attribution:
 
 def attribute_both(requests: pd.DataFrame, spans: pd.DataFrame) -> Attribution:
     """Clock check (and correction) of the workers' spans, then both attributions."""
-    spans, clock_notes = correct_worker_clocks(requests, spans)
-    roles = span_roles(spans)
+    spans, clock_notes, roles = correct_worker_clocks(requests, spans, span_roles(spans))
     busy = busy_intervals(spans, roles)
     return Attribution(critical_path(requests, spans, roles, busy),
                        attribute(requests, spans, backlog_fraction(spans, roles, busy)), clock_notes)
