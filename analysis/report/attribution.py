@@ -46,7 +46,7 @@ def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame,
     mat = np.zeros((len(rids), len(key_names)), np.float64)
     np.add.at(mat, (ri, key_codes), share)
     out = pd.DataFrame(mat, index=rids, columns=[str(k) for k in key_names])
-    out = out[sorted(out.columns, key=_stage_component_sort_key)]
+    out = out[sorted(out.columns, key=stage_component_sort_key)]
     out.insert(0, UNCOVERED, uncovered)
     out.insert(0, E2E, (recv - send).astype(np.float64))
     out.index.name = "request_id"
@@ -99,7 +99,7 @@ def _order(seq: tuple, name: str) -> int:
     return seq.index(name) if name in seq else len(seq)
 
 
-def _stage_component_sort_key(key: str):
+def stage_component_sort_key(key: str):
     stage, _, comp = key.partition("-")
     return (_order(STAGE_ORDER, stage), stage, _order(COMPONENT_ORDER, comp), comp)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.report.attribution import E2E, UNCOVERED, _stage_component_sort_key
+from analysis.report.attribution import E2E, UNCOVERED, stage_component_sort_key
 from analysis.report.backlog import BACKLOG, Busy, busy_intervals, span_roles
 
 CHAIN = -1   # the "code" of a crop-chain item
@@ -136,7 +136,7 @@ def _assemble(rids, send, recv, names, codes, roles: pd.DataFrame, busy: Busy, s
     np.add.at(mat, (seg_req, seg_code), length - backlog)
     np.add.at(mat[:, bcode], seg_req, backlog)
     out = pd.DataFrame(mat, index=rids, columns=cols)
-    out = out[sorted(out.columns, key=_stage_component_sort_key)]
+    out = out[sorted(out.columns, key=stage_component_sort_key)]
     e2e = (recv - send).astype(np.float64)
     out.insert(0, UNCOVERED, e2e - mat.sum(axis=1))
     out.insert(0, E2E, e2e)
