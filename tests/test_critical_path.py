@@ -208,3 +208,12 @@ def test_spans_of_a_worker_without_round_trips_are_refused_with_a_warning():
     assert len(roles) == len(kept)
     assert len(notes) == 1 and "spans refused" in notes[0]
     assert kept["end_ns"].max() <= 1000
+
+
+def test_joined_server_spans_without_worker_still_count_as_busy():
+    rows, _ = one_worker_request()
+    # a server trace joined in place of the worker's inference span keeps the crop, not the worker
+    rows = [(r, k, s, e, {"crop": a["crop"], "source": "triton-trace"})
+            if k == "classify-inference" else (r, k, s, e, a) for r, k, s, e, a in rows]
+    a = critical_path(reqs(("r", 0, 1000)), frame(rows)).loc["r"]
+    assert a["classify-backlog"] == 579

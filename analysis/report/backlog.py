@@ -13,7 +13,9 @@ the gateway's ``classify-broker`` span of a result's trip carries ``"leg": "resu
 
 Overlap with a worker's busy time is exact: ``B_w(t)`` = busy time of worker ``w`` up to ``t``
 (piecewise linear through the merged intervals' ends, ``np.interp``), overlap = ``B_w(hi) - B_w(lo)``.
-Spans of old runs carry no ``worker``: their waits stay ``broker`` (``Busy.known`` is False).
+Spans of old runs carry no ``worker``: their waits stay ``broker`` (``Busy.known`` is False). A
+crop's spans that lost the attr (Triton's trace joined in place of the client's inference span)
+take the worker of the crop's other spans.
 """
 from __future__ import annotations
 
@@ -46,7 +48,27 @@ def span_roles(spans_df: pd.DataFrame) -> pd.DataFrame:
     broker = classify & (spans_df["component"] == "broker").to_numpy()
     out["results_leg"] = broker & results
     out["crops_leg"] = broker & ~results
+    _fill_workers(spans_df, out)
     return out
+
+
+def _fill_workers(spans_df: pd.DataFrame, roles: pd.DataFrame) -> None:
+    """A crop's worker spans that lost the ``worker`` attr (a server's trace joined in their place,
+    e.g. Triton's transfer/queue/inference) get the worker of the crop's other spans (in place).
+    The results leg keeps none: its timestamps are not the worker's."""
+    crop = roles["crop"].to_numpy()
+    worker = roles["worker"].to_numpy()
+    has = (crop >= 0) & (worker != "")
+    need = (crop >= 0) & (worker == "") & ~roles["results_leg"].to_numpy()
+    if not has.any() or not need.any():
+        return
+    rid = spans_df["request_id"].astype(str).to_numpy()
+    key = pd.Series(worker[has], index=pd.MultiIndex.from_arrays([rid[has], crop[has]]))
+    key = key[~key.index.duplicated()]
+    found = key.reindex(pd.MultiIndex.from_arrays([rid[need], crop[need]])).fillna("").to_numpy()
+    filled = worker.copy()
+    filled[need] = found
+    roles["worker"] = filled
 
 
 @dataclass
