@@ -18,7 +18,8 @@ outside it), and the features:
 * GPU (only when pynvml initialises): memory used/free (MiB), utilisation gpu/memory (%), SM and
   memory clocks (MHz), temperature (C), power (W), before and after.
 
-``snapshot()`` costs a few hundred microseconds (``snapshot_ms`` records it per block); it is
+``Monitor(keep_before=True)`` also records the snapshot taken before the block (``pre_`` prefix:
+what is known before a call starts, e.g. to predict its time). ``snapshot()`` costs a few hundred microseconds (``snapshot_ms`` records it per block); it is
 taken outside the timed block. ``Sampler`` is a background thread taking ``snapshot()`` every
 ``interval`` seconds, for traces (e.g. CPU utilisation during training).
 """
@@ -50,8 +51,10 @@ def _nvml_handle(index: int):
 
 
 class Monitor:
-    def __init__(self, pid: int | None = None, gpu_index: int = 0, gpu: bool = True):
+    def __init__(self, pid: int | None = None, gpu_index: int = 0, gpu: bool = True,
+                 keep_before: bool = False):
         self.proc = psutil.Process(pid)
+        self.keep_before = keep_before           # also record the whole snapshot before, as pre_*
         self.nvml, self.gpu_handle = _nvml_handle(gpu_index) if gpu else (None, None)
         self.records: list[dict] = []
         psutil.cpu_percent(interval=None)          # prime the since-last-call counters
@@ -123,6 +126,8 @@ class Monitor:
             rec["proc_cpu_pct"] = self.proc.cpu_percent(interval=None)
             rec.update(self.features(before, self.snapshot()))
             rec["snapshot_ms"] = snap_ms
+            if self.keep_before:
+                rec.update({f"pre_{k}": v for k, v in before.items()})
             self.records.append(rec)
 
     def frame(self):
