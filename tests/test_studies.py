@@ -403,3 +403,37 @@ def test_planner_seed_equals_compact_when_warmup_is_w_plus_L():
         N = int(rng.integers(1, 20))
         a, b = ps.fewest_instances(seed, N, T), fewest_instances(insts, N, T)
         assert a.feasible == b.feasible and (not a.feasible or a.used == b.used)
+
+# ------------------------------------------------------------------ warm-up model (issue 17 item 3)
+
+
+def test_warmup_model_smoke_and_planner_uses_it(tmp_path):
+    from analysis.studies import planner, warmup_model
+    import pandas as pd
+    out = tmp_path / "wm"
+    with _CpuMeter() as m:
+        assert warmup_model.main(["--smoke", "--out", str(out)]) == 0   # custom_cnn, 16 sessions x 1..16
+    _assert_report(out, ["calls.csv", "scores.csv", "importances.csv", "w_by_batch.csv",
+                         "plots/warmup_model.png"], m)
+    calls = pd.read_csv(out / "calls.csv")
+    assert len(calls) == 16 * 5 and (calls.groupby(["session", "batch"]).size() == 1).all()
+    assert "pre_proc_ctx_invol" in calls and "d_proc_ctx_invol" in calls
+    sc = pd.read_csv(out / "scores.csv")
+    assert len(sc) == 3 and (sc.cvrmse_pct > 0).all() and (sc.mape_pct > 0).all()
+    np.testing.assert_allclose(sc.cvrmse_pct, 100 * sc.rmse_ms / calls[calls.session >= 12].ms.mean(), rtol=1e-9)
+    imp = pd.read_csv(out / "importances.csv")
+    assert imp.impurity_importance.sum() == pytest.approx(1.0) and "batch" in set(imp.feature)
+    assert not any(f.startswith("d_") for f in imp.feature)          # in-call deltas would leak the answer
+    wb = pd.read_csv(out / "w_by_batch.csv").set_index("batch")
+    assert wb.w_ms[16] > 2 * wb.w_ms[1], wb.to_dict()               # a first call of 16 costs more
+    fits = tmp_path / "fits.json"
+    fits.write_text(json.dumps([{"name": "custom_cnn", "a": 6.0, "c": 1.0, "w": 5.0, "max_batch": 16}]))
+    pout = tmp_path / "pl"
+    assert planner.main(["--fits", str(fits), "--warmup", str(out), "--copies", "1", "--deadline-ms", "500",
+                         "--images", "20", "--out", str(pout)]) == 0
+    rep = (pout / "report.md").read_text()
+    assert "W from warm-up model" in rep and "seed_vs_compact" in rep
+    plan = pd.read_csv(pout / "plan_most_images.csv").iloc[0]
+    line = fit_linear(wb.index, wb.w_ms)
+    assert plan.W_a == pytest.approx(line.a) and plan.W_c == pytest.approx(line.c)
+    assert plan.finish_ms <= 500 and plan.images == plan.mbs * (plan.t + 1)
