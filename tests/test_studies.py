@@ -160,7 +160,7 @@ def test_batch_latency_and_planner_smoke(tmp_path):
     with _CpuMeter() as m:
         assert batch_latency.main(["--smoke", "--out", str(out), "--models", "custom_cnn",
                                    "--batches", "1,4,16", "--repeats", "5"]) == 0
-    _assert_report(out, ["batch_latency.csv", "fits.csv", "runs.csv", "plots/batch_latency.png"], m)
+    _assert_report(out, ["batch_latency.csv", "fits.csv", "runs.csv", "monitor.csv", "plots/batch_latency.png"], m)
     fit = pd.read_csv(out / "fits.csv").iloc[0]
     # R^2 >= 0.95 is asserted on the line through the study's per-batch medians
     # (batch_latency.csv). The study's own fit runs over every kept run: on 2 cores shared with
