@@ -196,20 +196,20 @@ def choice_frame(plan: SeedPlan, instances):
 
 # ------------------------------------------------------------------ inputs from the other studies
 
-def warmup_lines(fits_dir, warmup_dir=None) -> dict:
-    """{model: (wa, wc, source)}: W(m) = wa*m + wc fitted over first-call times by batch size, from the
-    warm-up model's predictions (``warmup_dir``/w_by_batch.csv) if given, else the batch-latency run's
-    first runs (``fits_dir``/batch_latency.csv, first_run_ms)."""
+def warmup_lines(fits_dir=None, warmup_dir=None) -> dict:
+    """{model: (wa, wc, source)}: W(m) = wa*m + wc fitted over first-call times by batch size: the
+    warm-up model's predictions (``warmup_dir``/w_by_batch.csv) where it covers the model, else the
+    batch-latency run's first runs (``fits_dir``/batch_latency.csv, first_run_ms)."""
     import pandas as pd
     from analysis.studies.fitting import fit_linear
-    if warmup_dir:
-        df, col, src = pd.read_csv(f"{warmup_dir}/w_by_batch.csv"), "w_ms", "warm-up model"
-    else:
-        df, col, src = pd.read_csv(f"{fits_dir}/batch_latency.csv"), "first_run_ms", "first-run line"
     out = {}
-    for m, g in df.groupby("model"):
-        f = fit_linear(g.batch, g[col])
-        out[m] = (f.a, f.c, f"{src} (R^2 {f.r2:.3f})")
+    for d, name, col, src in ((fits_dir, "batch_latency.csv", "first_run_ms", "first-run line"),
+                              (warmup_dir, "w_by_batch.csv", "w_ms", "warm-up model")):
+        if not d:
+            continue
+        for m, g in pd.read_csv(f"{d}/{name}").groupby("model"):
+            f = fit_linear(g.batch, g[col])
+            out[m] = (f.a, f.c, f"{src} (R^2 {f.r2:.3f})")
     return out
 
 
