@@ -222,6 +222,10 @@ def test_training_batch_smoke(tmp_path):
     # well above chance (MNIST 10 classes: 0.1, measured 0.59; custom CNN 5 photos: 0.2, measured 0.62-0.64)
     assert best["mnist_cnn"] >= 0.3 and best["custom_cnn"] >= 0.4, best.to_dict()
     assert (df.n_test == df.model.map({"mnist_cnn": 200, "custom_cnn": 50})).all()
+    tr = pd.read_csv(out / "trace.csv")           # the CPU trace (the study's Fig. 9)
+    assert len(tr) >= 4 and tr.t_s.is_monotonic_increasing
+    assert tr.proc_cpu_pct.max() > 30, tr.proc_cpu_pct.describe()   # training used a core at some point
+    assert (out / "plots" / "cpu_trace.png").exists()
 
 
 def test_server_batching_smoke(tmp_path):
