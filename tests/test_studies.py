@@ -441,3 +441,32 @@ def test_warmup_model_smoke_and_planner_uses_it(tmp_path):
     line = fit_linear(wb.index, wb.w_ms)
     assert plan.W_a == pytest.approx(line.a) and plan.W_c == pytest.approx(line.c)
     assert plan.finish_ms <= 500 and plan.images == plan.mbs * (plan.t + 1)
+
+# ------------------------------------------------------------------ the batching study's CNN set (item 5)
+
+
+def test_cnn_set_windows():
+    from analysis.studies.cnn_set import windows
+    done = np.array([0.0, 0.2, 0.5, 1.1, 1.2, 1.3, 1.9, 2.05, 2.5])   # first completion at 0
+    np.testing.assert_array_equal(windows(done, 1.0), [3, 4])        # [0,1), [1,2); the rest partial
+    assert windows(done[:2], 1.0).size == 0
+
+
+def test_cnn_set_smoke(tmp_path):
+    from deploy.triton.server import server_venv
+    assert (server_venv() / "bin" / "python").exists(), \
+        "Triton server venv missing: run scripts/ensure_triton.sh (make test does)"
+    from analysis.studies import cnn_set
+    import pandas as pd
+    out = tmp_path / "cs"
+    with _CpuMeter() as m:
+        assert cnn_set.main(["--smoke", "--out", str(out), "--requests", "60"]) == 0
+    _assert_report(out, ["cnn_set.csv", "table1_latency.csv", "table2_throughput.csv", "plots/cnn_set.png"], m)
+    df = pd.read_csv(out / "cnn_set.csv")
+    assert sorted(zip(df.model, df.batch_size)) == [("custom_cnn", 1), ("custom_cnn", 2),
+                                                    ("custom_cnn_small", 1), ("custom_cnn_small", 2)]
+    assert (df.errors == 0).all() and (df.requests == 60).all(), df
+    assert (df.p95_latency_ms >= df.avg_latency_ms * 0.5).all() and (df.windows >= 1).all(), df
+    np.testing.assert_allclose(df.images_per_s, df.requests / df.wall_s, rtol=1e-9)
+    # every window's completions are among the requests
+    assert (df.avg_throughput_ips * df.window_s * df.windows <= df.requests + 1e-9).all(), df

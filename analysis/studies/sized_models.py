@@ -23,7 +23,7 @@ from pathlib import Path
 def _key(name: str, side: int, seed: int) -> str:
     from pipelines.models.cache import build_versions, cache_key
     from pipelines.models.catalog import BUILDER_VERSION, get_spec
-    spec = get_spec(name)
+    spec = get_spec("custom_cnn" if name == SMALL_CNN else name)
     return cache_key({"builder": BUILDER_VERSION, "study": "sized-1", "name": name, "side": side,
                       "seed": seed, "arch": {**spec.arch(), "input_hw": [side, side]},
                       "versions": build_versions()})
@@ -32,7 +32,7 @@ def _key(name: str, side: int, seed: int) -> str:
 def ensure_sized(name: str, side: int, models_dir: str | os.PathLike | None = None, seed: int = 0):
     from pipelines.models import default_models_dir
     from pipelines.models.catalog import get_spec
-    if get_spec(name).kind != "classifier":
+    if name != SMALL_CNN and get_spec(name).kind != "classifier":
         raise ValueError(f"{name}: only classifiers can be rebuilt at another input size")
     d = Path(models_dir or default_models_dir()) / "sized" / f"{name}-{side}-{_key(name, side, seed)}"
     meta_path = d / "meta.json"
@@ -50,6 +50,33 @@ def ensure_sized(name: str, side: int, models_dir: str | os.PathLike | None = No
     return d / "model.onnx", {**json.loads(meta_path.read_text()), "child_wall_s": wall, "cached": False}
 
 
+SMALL_CNN = "custom_cnn_small"
+
+
+def ensure_small_cnn(models_dir=None, seed: int = 0):
+    """A second custom CNN (the batching study served two; its second is not described): three
+    Conv2D 3x3 (16, 32, 64, relu) + MaxPool 2x2 blocks, Flatten, Dense 64 relu, Dense 5 softmax,
+    150x150x3 like ``custom_cnn``; built by the product's builder helpers, then cached as a
+    ``ModelInfo`` through ``ensure_model(onnx_file=...)``."""
+    from pipelines.models import ensure_model
+    from pipelines.models.catalog import FLOWER_LABELS
+    onnx, _ = ensure_sized(SMALL_CNN, 150, models_dir, seed)
+    return ensure_model(SMALL_CNN, models_dir=models_dir, onnx_file=onnx, normalization="unit",
+                        labels=list(FLOWER_LABELS))
+
+
+def _small_cnn(B, hw):
+    layers = B.layers
+    inp = B.keras.Input((*hw, 3), name="input")
+    x = inp
+    for i, ch in enumerate((16, 32, 64)):
+        x = layers.Conv2D(ch, 3, activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(64, activation="relu")(x)
+    return B.keras.Model(inp, layers.Dense(5, activation="softmax", name="probs")(x), name=SMALL_CNN)
+
+
 def _build(name: str, side: int, seed: int, directory: str) -> None:
     """Child: build and export (imports TensorFlow)."""
     import dataclasses
@@ -57,10 +84,13 @@ def _build(name: str, side: int, seed: int, directory: str) -> None:
     from pipelines.models import build as B
     from pipelines.models.catalog import INPUT_NAME, get_spec
     t_import = time.perf_counter() - t0
-    spec = dataclasses.replace(get_spec(name), input_hw=(side, side))
+    base = "custom_cnn" if name == SMALL_CNN else name
+    spec = dataclasses.replace(get_spec(base), name=name, input_hw=(side, side))
     t1 = time.perf_counter()
     B.keras.utils.set_random_seed(seed)
-    if name == "custom_cnn":
+    if name == SMALL_CNN:
+        model = _small_cnn(B, (side, side))
+    elif name == "custom_cnn":
         model = B.build_custom_cnn(spec.input_hw, spec.num_classes)
     else:
         app = getattr(B.keras.applications, spec.keras_app)
