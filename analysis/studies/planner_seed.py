@@ -292,4 +292,8 @@ def report(st, seed_instances, compact_instances, notes: dict, N: int, T: float)
         {"question": "(2) most images", "seed": pb.images, "compact": cb.images, "seed_images": pb.images,
          "compact_images": cb.images, "seed_makespan_ms": pb.makespan_ms, "compact_makespan_ms": cb.makespan_ms}])
     st.table(cmp_, "seed_vs_compact", "The same instances under both formulations")
+    over = sorted({f"{s.name.split('#')[0]} (MB {s.max_batch} > {c.max_batch})"
+                   for s, c in zip(seed_instances, compact_instances) if s.max_batch > c.max_batch})
+    if over:
+        st.text("Beyond the measured batch sizes, L and W are the fitted lines extrapolated: " + ", ".join(over) + ".")
     st.text(DIFFERENCES)
