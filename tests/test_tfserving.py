@@ -152,3 +152,34 @@ def test_server_gone_mid_run_raises_unavailable(tfs_dir, cnn, items):
     finally:
         b.close()
         srv.stop()
+
+
+def test_server_flags_and_warmup_against_the_doubles_schema(cnn, tmp_path):
+    """Issue 17 item 6: the generated flags start the double (TF Serving's flag table, real protos)
+    and its warm-up requests are replayed at load, one per batch size."""
+    from deploy.tfserving.config import WARMUP_FILE, TFServingSettings, server_flags, write_config
+    from tfserving_double import parse_server_flags
+
+    s = TFServingSettings(max_batch=4, allowed_batch_sizes=[1, 2, 4], grpc_max_threads=8,
+                          intra_op_parallelism=1, inter_op_parallelism=1, warmup_iterations=2)
+    res = write_config(tmp_path, [cnn], s, base_path="/models/tfserving")
+    flags = res["flags"]
+    assert (tmp_path / "server_flags.txt").read_text().split() == flags
+    f = parse_server_flags(flags)
+    assert f == {"port": 8500, "rest_api_port": 8501, "model_config_file": "/models/tfserving/models.config",
+                 "enable_batching": True, "batching_parameters_file": "/models/tfserving/batching_parameters.txt",
+                 "grpc_max_threads": 8, "tensorflow_intra_op_parallelism": 1,
+                 "tensorflow_inter_op_parallelism": 1, "enable_model_warmup": True,
+                 "num_request_iterations_for_warmup": 2}
+    assert (tmp_path / MODEL / "1" / WARMUP_FILE).stat().st_size > 0
+    with TFServingDouble.from_flags(flags, {"/models/tfserving": tmp_path}) as srv:
+        assert srv.warmup_log == {MODEL: [1, 2, 4]}
+        assert srv.flags["grpc_max_threads"] == 8
+    # defaults: 0 threads = the server's own choice, flags left out; no batching, no warm-up
+    off = server_flags(TFServingSettings(enable_batching=False, enable_model_warmup=False), "/m")
+    assert off == ["--port=8500", "--rest_api_port=8501", "--model_config_file=/m/models.config"]
+    for bad in (["--grpc_max_thread=8"], ["--grpc_max_threads=eight"], ["--enable_model_warmup=yes"]):
+        with pytest.raises(ValueError):
+            parse_server_flags(bad)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        TFServingSettings(grpc_max_threads=-1)

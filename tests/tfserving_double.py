@@ -16,6 +16,16 @@ message "Servable not found for request: ...".
     with TFServingDouble(base_dir, ["custom_cnn"]) as srv:
         srv.rest_url   # http://127.0.0.1:P
         srv.grpc_url   # grpc://127.0.0.1:Q
+
+``TFServingDouble.from_flags(flags, mounts)`` starts it from a ``tensorflow_model_server`` command
+line instead: flags checked against TF Serving's own flag table (``TFSERVING_FLAGS``, from
+``model_servers/main.cc``: unknown flag or bad value -> ValueError, as the server refuses to start),
+``--model_config_file`` parsed as the real ``ModelServerConfig`` proto, ``--batching_parameters_file``
+required with ``--enable_batching``, and with ``--enable_model_warmup`` each version's
+``assets.extra/tf_serving_warmup_requests`` (a TFRecord of real ``PredictionLog`` protos) replayed
+``--num_request_iterations_for_warmup`` times at load (``srv.warmup_log``: model -> batch sizes);
+a failing warm-up request fails the load, as in TF Serving. ``mounts`` maps container paths to
+local directories (e.g. {"/models": DIR}).
 """
 from __future__ import annotations
 
@@ -32,11 +42,95 @@ import numpy as np
 from deploy.processes import free_port
 
 
+# TF Serving's command-line flags (tensorflow_serving/model_servers/main.cc) and their types.
+TFSERVING_FLAGS = {
+    "port": int, "grpc_socket_path": str, "rest_api_port": int, "rest_api_num_threads": int,
+    "rest_api_timeout_in_ms": int, "enable_batching": bool, "allow_version_labels_for_unavailable_models": bool,
+    "batching_parameters_file": str, "model_config_file": str, "model_config_file_poll_wait_seconds": int,
+    "model_name": str, "model_base_path": str, "num_load_threads": int, "num_unload_threads": int,
+    "max_num_load_retries": int, "load_retry_interval_micros": int, "file_system_poll_wait_seconds": int,
+    "flush_filesystem_caches": bool, "tensorflow_session_parallelism": int,
+    "tensorflow_intra_op_parallelism": int, "tensorflow_inter_op_parallelism": int, "ssl_config_file": str,
+    "platform_config_file": str, "per_process_gpu_memory_fraction": float, "saved_model_tags": str,
+    "grpc_channel_arguments": str, "grpc_max_threads": int, "enable_model_warmup": bool,
+    "num_request_iterations_for_warmup": int, "version": bool, "monitoring_config_file": str,
+    "remove_unused_fields_from_bundle_metagraph": bool, "enable_signature_method_name_check": bool,
+    "xla_cpu_compilation_enabled": bool, "enable_profiler": bool}
+
+
+def parse_server_flags(flags) -> dict:
+    """``--name=value`` / ``--name`` (bool) -> {name: typed value}, strictly against TFSERVING_FLAGS."""
+    out = {}
+    for f in flags:
+        m = re.fullmatch(r"--([a-z0-9_]+)(?:=(.*))?", f)
+        if not m or m.group(1) not in TFSERVING_FLAGS:
+            raise ValueError(f"Unknown command line flag {f!r}")
+        name, raw, typ = m.group(1), m.group(2), TFSERVING_FLAGS[m.group(1)]
+        if typ is bool:
+            if raw not in (None, "true", "false", "1", "0"):
+                raise ValueError(f"Illegal value {raw!r} for flag --{name}")
+            out[name] = raw in (None, "true", "1")
+        elif raw is None:
+            raise ValueError(f"Missing value for flag --{name}")
+        else:
+            try:
+                out[name] = typ(raw)
+            except ValueError:
+                raise ValueError(f"Illegal value {raw!r} for flag --{name}") from None
+    return out
+
+
 class TFServingDouble:
+    @classmethod
+    def from_flags(cls, flags, mounts: dict) -> "TFServingDouble":
+        from google.protobuf import text_format
+        from tensorflow_serving.config import model_server_config_pb2
+
+        def local(p: str) -> Path:
+            for src, dst in mounts.items():
+                if p == src or p.startswith(src.rstrip("/") + "/"):
+                    return Path(dst) / p[len(src.rstrip("/")):].lstrip("/")
+            return Path(p)
+        f = parse_server_flags(flags)
+        cfg = text_format.Parse(local(f["model_config_file"]).read_text(),
+                                model_server_config_pb2.ModelServerConfig())
+        confs = list(cfg.model_config_list.config)
+        bases = {local(c.base_path).parent for c in confs}
+        if len(bases) != 1 or any(local(c.base_path).name != c.name for c in confs):
+            raise ValueError(f"the double serves models from one directory as <base>/<name>: {bases}")
+        if f.get("enable_batching"):
+            bp = local(f["batching_parameters_file"]).read_text()     # KeyError/OSError: no file
+            if not re.search(r"max_batch_size \{ value: \d+ \}", bp):
+                raise ValueError("batching parameters without max_batch_size")
+        srv = cls(bases.pop(), [c.name for c in confs])
+        srv.flags = f
+        if f.get("enable_model_warmup"):
+            srv.replay_warmup(f.get("num_request_iterations_for_warmup", 1))
+        return srv
+
+    def replay_warmup(self, iterations: int = 1) -> None:
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        from pipelines.inference.tfserving import tensor_to_numpy
+        for m, versions in self.models.items():
+            for v, fn in versions.items():
+                path = self.base_dir / m / str(v) / "assets.extra" / "tf_serving_warmup_requests"
+                if not path.exists():
+                    continue
+                for rec in self.tf.data.TFRecordDataset(str(path)):
+                    log = prediction_log_pb2.PredictionLog.FromString(rec.numpy())
+                    inputs = {k: tensor_to_numpy(t) for k, t in log.predict_log.request.inputs.items()}
+                    for _ in range(iterations):
+                        self.run(fn, inputs)               # an exception fails the load
+                    self.warmup_log.setdefault(m, []).append(len(next(iter(inputs.values()))))
+
     def __init__(self, base_dir, models: list[str]):
         import tensorflow as tf
 
         self.tf = tf
+        self.base_dir = Path(base_dir)
+        self.flags: dict = {}
+        self.warmup_log: dict[str, list[int]] = {}
         self.models: dict[str, dict[int, object]] = {}
         for m in models:
             for vdir in sorted((Path(base_dir) / m).iterdir()):

@@ -14,13 +14,13 @@ flagged ``outlier`` in runs.csv and left out of the fit (the medians keep them).
 process RSS (``/proc/self/statm``) right before and after the first run of a batch size (round 1,
 sizes in the given order); ORT's CPU arena keeps what it allocated, so the delta is the growth
 beyond what earlier (smaller) batches already reserved. Writes ``runs.csv`` (every run),
-``batch_latency.csv``, ``fits.csv`` (read by the planner) and plots.
+``batch_latency.csv``, ``fits.csv`` (read by the planner), ``monitor.csv`` (every run's system
+features from ``monitor.Monitor``) and plots.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
@@ -30,8 +30,10 @@ from analysis.studies.report import Study, pin_threads, rss_mib
 DEFAULT_MODELS = ("mobilenetv2", "custom_cnn")
 
 
-def measure_model(info, batches, repeats: int, threads: int, k: float, seed: int = 0):
+def measure_model(info, batches, repeats: int, threads: int, k: float, seed: int = 0, mon=None):
+    from analysis.studies.monitor import Monitor
     from pipelines.inference.embedded import OrtSession
+    mon = mon or Monitor()
 
     rss_before_session = rss_mib()
     sess = OrtSession(info.onnx_path, intra_op_threads=threads, inter_op_threads=1)
@@ -47,9 +49,9 @@ def measure_model(info, batches, repeats: int, threads: int, k: float, seed: int
     for i in range(repeats):
         for b in batches:
             rss0 = rss_mib() if i == 0 else None
-            t0 = time.perf_counter()
-            sess.run(xs[b])
-            times_of[b].append((time.perf_counter() - t0) * 1e3)
+            with mon.around(model=info.name, batch=b, run=i) as rec:   # the paper's features
+                sess.run(xs[b])
+            times_of[b].append(rec["ms"])
             if i == 0:        # ORT's arena grows on a batch size's first run
                 rss_of[b] = (rss0, rss_mib())
     for b in batches:
@@ -96,13 +98,15 @@ def main(argv=None) -> int:
             p.error(f"unknown model {m!r}; known: {', '.join(MODEL_NAMES)}")
     import pandas as pd
 
+    from analysis.studies.monitor import Monitor
     st = Study("batch_latency", a.out, a, threads=a.threads)
+    mon = Monitor()
     all_runs, all_rows, fits, metas = [], [], [], {}
     for m in models:
         info = ensure_model(m, models_dir=a.models_dir)
         print(f"[batch_latency] {m}: batches {batches} x {repeats} runs, {a.threads} thread(s)",
               file=sys.stderr)
-        runs, rows, meta = measure_model(info, batches, repeats, a.threads, a.k)
+        runs, rows, meta = measure_model(info, batches, repeats, a.threads, a.k, mon=mon)
         metas[m] = meta
         all_runs += runs
         all_rows += rows
@@ -118,13 +122,14 @@ def main(argv=None) -> int:
                      "threads": a.threads})
     runs_df, table, fits_df = pd.DataFrame(all_runs), pd.DataFrame(all_rows), pd.DataFrame(fits)
     runs_df.to_csv(st.dir / "runs.csv", index=False)
+    mon.frame().to_csv(st.dir / "monitor.csv", index=False)
     st.extra["session_load_rss_mib"] = metas
     st.text(f"Embedded ONNX Runtime, intra-op threads {a.threads}, inter-op 1, spinning off; "
             f"batches {batches}, {repeats} runs each on a seeded random batch. Warm-up rule: leading "
             f"runs above median + {a.k} x 1.4826 x MAD of the later runs (MAD floored at 1% of the "
             f"median) are excluded; `warmup_excess_ms` = their time minus as many medians. Later runs "
             f"above the same bound over the kept runs are CPU steal (`outlier_runs`): out of the fit, "
-            f"kept in the medians. Memory is "
+            f"kept in the medians. Every run's system features (hardware monitor): `monitor.csv`. Memory is "
             f"process RSS (/proc/self/statm) before and after the first run of each batch "
             f"size (runs are interleaved: one run of every size per round): ORT's CPU arena keeps its allocations, so the delta is growth beyond earlier "
             f"batches. Every run: `runs.csv`.")

@@ -17,7 +17,12 @@ size ``b_i`` (the last one padded) after its warm-up, finishing at
 Both are exact over the integer ranges (tests compare with brute force).
 
     python -m analysis.studies.planner --fits RUN_DIR|fits.json --deadline-ms 500 --images 200
-        [--copies 2] [--max-batch 32] [--out RUN_DIR]
+        [--copies 2] [--max-batch 32] [--out RUN_DIR] [--formulation seed|compact]
+        [--warmup WARMUP_RUN_DIR] [--memory INPUT_SIZE_RUN_DIR] [--memory-budget-mib 1024]
+
+``--formulation seed`` (the default) solves the WoSC '23 paper's two models exactly instead
+(``planner_seed``: a MILP; W_i by batch size, MB_i from memory, M_i); ``--formulation compact``
+is the model below. The seed report compares both on the same instances.
 
 ``--fits`` is a batch_latency run directory (its ``fits.csv``: one instance per model, times
 ``--copies``) or a JSON list of ``{"name", "a", "c", "w"[, "max_batch"]}``.
@@ -196,6 +201,14 @@ def main(argv=None) -> int:
                    help="default: the largest measured batch of the run dir (no extrapolation), else 32")
     p.add_argument("--smoke", action="store_true", help="without --fits: a built-in example fit set")
     p.add_argument("--out", default=None)
+    p.add_argument("--formulation", choices=("seed", "compact"), default="seed",
+                   help="seed: the WoSC '23 paper's models as a MILP (planner_seed); compact: this module's")
+    p.add_argument("--warmup", default=None, help="seed: warmup_model run dir (W by batch), else the "
+                   "first-run line of the --fits run dir")
+    p.add_argument("--memory", default=None, help="seed: input_size run dir (memfit.csv) for MB_i")
+    p.add_argument("--memory-budget-mib", type=float, default=1024.0, help="seed: RSS budget per instance")
+    p.add_argument("--side", type=int, default=None, help="seed: input side for MB_i (default: the model's)")
+    p.add_argument("--max-calls", type=int, default=10**6, help="seed: M_i, the bound on t_i")
     a = p.parse_args(argv)
     from analysis.studies.report import Study
     T = a.deadline_ms or (200.0 if a.smoke else 1000.0)
@@ -210,6 +223,14 @@ def main(argv=None) -> int:
     else:
         p.error("--fits RUN_DIR|JSON is required (or --smoke for a built-in example)")
     st = Study("planner", a.out, a, threads=1)
+    if a.formulation == "seed":
+        from analysis.studies import planner_seed
+        fits_dir = a.fits if a.fits and Path(a.fits).is_dir() else None
+        seed, notes = planner_seed.from_compact(instances, fits_dir, a.warmup, a.memory, a.memory_budget_mib,
+                                                side=a.side, max_calls=a.max_calls)
+        planner_seed.report(st, seed, instances, notes, N, T)
+        st.finish()
+        return 0
     st.text(f"Instances from {source}; deadline T = {T:g} ms; max batch "
             f"(per instance: {sorted({i.max_batch for i in instances})}). Finish time "
             f"of an instance = warm-up + ceil(n/b) x (a*b + c); solved exactly (see module docstring).")
