@@ -168,6 +168,12 @@ class GatewaySettings(ClassifierOptions):
     workers: int = Field(1, description="in-process classifier worker threads (0: external "
                          "workers only)")
     threads: int = Field(4, description="request threads (decode, detect, wait for results)")
+    max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
+                                   "answered; beyond it 503 overloaded (Retry-After) before the "
+                                   "body is read (default: 4 x --threads: each thread busy plus "
+                                   "3 waiting, so a queued request waits about 3 service times)")
+    max_queue_ms: float = Field(0.0, description="queue-time budget: an admitted request that "
+                                "waited longer for a request thread gets 503 overloaded (0: none)")
     max_upload_mb: float = Field(32.0, description="largest upload accepted (MiB)")
     max_pixels: int = Field(60_000_000, description="largest image accepted (width x height)")
     result_timeout_s: float = Field(30.0, description="wait this long for the crops' classes, "
@@ -176,6 +182,10 @@ class GatewaySettings(ClassifierOptions):
                                      "then answer 503")
     spans: bool = Field(True, description="record spans (--no-spans: span-overhead benchmark)")
     access_log: bool = Field(False, description="uvicorn access log")
+
+    @property
+    def admission_limit(self) -> int:
+        return self.max_queued if self.max_queued is not None else 4 * max(1, self.threads)
 
     @property
     def max_upload_bytes(self) -> int:

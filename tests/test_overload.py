@@ -1,0 +1,112 @@
+"""Overload: the real gateway (uvicorn child process, real models) sheds load with 503 before it
+reads a body, and comes back; the real Locust open loop leaves one row per request it sent."""
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.pipeline_processes import GatewayProcess
+
+
+@pytest.fixture(scope="module")
+def real_models():
+    from pipelines.models import ensure_model
+
+    return ensure_model("ssd_mobilenetv2"), ensure_model("mobilenetv2")
+
+
+def gateway_args(real_models, *extra) -> list[str]:
+    det, cls = real_models
+    return ["--detector", det.name, "--classifier", cls.name,
+            "--models-dir", str(Path(det.onnx_path).parent.parent), "--intra-op-threads", "1",
+            "--k", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def small_gateway(real_models, tmp_path_factory):
+    """One request thread, at most 2 requests admitted."""
+    d = tmp_path_factory.mktemp("overload")
+    gw = GatewayProcess(gateway_args(real_models, "--threads", "1", "--max-queued", "2",
+                                     "--max-upload-mb", "8"), d / "gateway.log").start()
+    yield gw
+    gw.stop()
+
+
+def _headers_only(port: int, rid: str, length: int = 5_000_000) -> socket.socket:
+    """A POST whose headers announce ``length`` bytes of body, none of which is sent."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall((f"POST /v1/infer HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n"
+               f"Content-Type: image/jpeg\r\nContent-Length: {length}\r\n\r\n").encode())
+    return s
+
+
+def _read_response(s: socket.socket) -> tuple[int, dict, dict]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+    n = int(headers["content-length"])
+    while len(body) < n:
+        body += s.recv(65536)
+    return int(lines[0].split()[1]), headers, json.loads(body[:n])
+
+
+def test_over_the_bound_503_at_once_without_reading_the_body(small_gateway):
+    gw = small_gateway
+    before = httpx.get(gw.url + "/v1/stats").json()["admission"]
+    assert before["max_queued"] == 2 and before["in_progress"] == 0
+    # two admitted requests whose bodies never come: they hold both places
+    held = [_headers_only(gw.port, f"held-{i}") for i in range(2)]
+    deadline = time.monotonic() + 5
+    while httpx.get(gw.url + "/v1/stats").json()["admission"]["in_progress"] < 2:
+        assert time.monotonic() < deadline, "the held requests were not admitted"
+        time.sleep(0.02)
+    try:
+        t0 = time.perf_counter()
+        s = _headers_only(gw.port, "over-the-bound")
+        status, headers, body = _read_response(s)       # no body byte was ever sent
+        elapsed = time.perf_counter() - t0
+        s.close()
+        assert status == 503 and body["error"] == "overloaded", body
+        assert "--max-queued" in body["message"] and body["request_id"] == "over-the-bound"
+        assert int(headers["retry-after"]) >= 1
+        assert elapsed < 0.05, f"503 took {elapsed * 1e3:.1f} ms"
+        assert httpx.get(gw.url + "/healthz").status_code == 200   # healthz is never shed
+        stats = httpx.get(gw.url + "/v1/stats").json()
+        assert stats["admission"]["rejected"] == before["rejected"] + 1
+        assert stats["rss_bytes"] > 50e6
+    finally:
+        for s in held:
+            s.close()
+    # the held requests are released when their clients go away; then requests pass again
+    deadline = time.monotonic() + 10
+    while httpx.get(gw.url + "/v1/stats").json()["admission"]["in_progress"] > 0:
+        assert time.monotonic() < deadline, "admission places were not released"
+        time.sleep(0.05)
+    from pipelines.corpus import build_corpus
+
+    img = Path(build_corpus(sizes=("0.1MP",), photos=("china",))[0].path).read_bytes()
+    r = httpx.post(gw.url + "/v1/infer", content=img, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_a_rejected_client_still_writing_its_body_gets_the_503(small_gateway):
+    """The gateway answers without reading; the unread rest is discarded, the connection stays
+    usable (no reset while the client is still uploading)."""
+    gw = small_gateway
+    held = [_headers_only(gw.port, f"hold-{i}") for i in range(2)]
+    time.sleep(0.3)
+    try:
+        body = b"\xff\xd8" + b"x" * 2_000_000
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/v1/infer", content=body)
+            assert r.status_code == 503 and r.json()["error"] == "overloaded"
+            assert c.get("/healthz").status_code == 200      # same pooled connection is fine
+    finally:
+        for s in held:
+            s.close()
