@@ -110,3 +110,51 @@ def test_a_rejected_client_still_writing_its_body_gets_the_503(small_gateway):
     finally:
         for s in held:
             s.close()
+
+
+def _manifest(tmp_path: Path, size: str) -> Path:
+    from pipelines.corpus import build_corpus
+
+    entries = [dict(name=i.name, size_class=i.size_class, path=str(i.path))
+               for i in build_corpus(sizes=(size,), photos=("china",))]
+    m = tmp_path / "corpus.json"
+    m.write_text(json.dumps(entries))
+    return m
+
+
+@pytest.mark.slow
+def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from overhead.contract.rundir import RunDir
+
+    run = RunDir(tmp_path / "run").create()
+    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
+           "--host", small_gateway.url, "--only-summary", "--overhead-run-dir", str(run.path),
+           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", "1:4",
+           "--overhead-warmup-seconds", "0", "--overhead-arrivals", "poisson",
+           "--overhead-rates", "60", "--overhead-max-in-flight", "200",
+           "--exit-code-on-error", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    req = pd.read_parquet(run.requests)
+    final = json.loads(run.locust_final.read_text())
+    sent = json.loads(run.locust_openloop.read_text())["steps"]["0"]["scheduled"]
+    # one row per request the scheduler made due, and Locust's own counter agrees
+    assert len(req) == sent == final["infer_requests"], (len(req), sent, final)
+    assert req["request_id"].is_unique
+    assert set(req["status"]) <= {0, 200, 503}, req["status"].value_counts()
+    over = req[req["status"] == 503]
+    assert len(over) > 0.3 * len(req)                       # over capacity: most shed at once
+    assert ((over["recv_ns"] - over["send_ns"]) / 1e6).median() < 50
+    incomplete = req[req["status"] == 0]
+    assert (incomplete["error"] == "incomplete").all()
+    assert (incomplete["recv_ns"] >= incomplete["intended_ns"]).all()
+    print(f"\nsent {sent}: {(req['status'] == 200).sum()} ok, {len(over)} rejected, "
+          f"{len(incomplete)} incomplete")
