@@ -226,6 +226,8 @@ class InferUser(FastHttpUser):
             delay = (next_ns - time.time_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
+                if shape is not None and shape.tracker is not None and shape.tracker.finished:
+                    continue   # the run ended while waiting: this arrival is past its end
             st = state.open_stats.setdefault(step, {"rate": rate, "scheduled": 0, "slot_waits": 0})
             st["scheduled"] += 1
             if pool.full():

@@ -231,6 +231,9 @@ class LoadSettings(Options):
                                          "many seconds (0: never)")
     min_requests: int = Field(100, description="successful requests a step needs for the run "
                               "to be valid")
+    slo_ms: float | None = Field(None, description="goodput: successful requests per second "
+                                 "answered within this end-to-end latency (default: every "
+                                 "success); recorded in config.json for the report")
 
 
 class LocustSettings(LoadSettings):

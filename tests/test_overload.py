@@ -158,3 +158,21 @@ def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, 
     assert (incomplete["recv_ns"] >= incomplete["intended_ns"]).all()
     print(f"\nsent {sent}: {(req['status'] == 200).sum()} ok, {len(over)} rejected, "
           f"{len(incomplete)} incomplete")
+
+    # the report counts them: errors include the incomplete and rejected, the step is saturated,
+    # goodput counts only successes within the SLO
+    from analysis.breakdown import report
+    from overhead.contract.runconfig import write_config
+
+    write_config(run.path, {"load": {"arrivals": "poisson", "rates": [60], "slo_ms": 1e9,
+                                     "schedule": [{"rate": 60, "seconds": 4}]}})
+    rep = report(run.path, quiet=True)
+    md = run.report_md.read_text()
+    assert "**saturated**" in md and "goodput req/s" in md
+    step = rep.steps.iloc[0]
+    assert step["saturated"] and step["rejected"] == len(over)
+    assert step["incomplete"] == len(incomplete)
+    assert step["errors"] == len(req) - (req["status"] == 200).sum()
+    assert step["goodput_rps"] == pytest.approx(step["throughput_rps"])   # SLO of 1e9 ms
+    tight = report(run.path, quiet=True, slo_ms=1.0).steps.iloc[0]         # nothing within 1 ms
+    assert tight["goodput_rps"] == 0 and tight["throughput_rps"] > 0
