@@ -73,6 +73,7 @@ from pathlib import Path
 import gevent
 import gevent.pool
 from locust import FastHttpUser, constant, events, task
+from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest import records, webui
@@ -143,7 +144,9 @@ def _on_init(environment, **kw):
             webui.install_swarm_hook(state, web_ui)
     _load_corpus(environment, opts, ui)
     _configure_load(opts)
-    StepShape.on_end = functools.partial(records.give_up_in_flight, state)
+    state.drain_s = max(0.0, opts.overhead_drain_seconds)
+    # Locust waits this long for users to finish their request when the run stops (then kills)
+    environment.stop_timeout = max(environment.stop_timeout or 0, state.drain_s + 1)
 
 
 def _load_corpus(environment, opts, ui: bool) -> None:
@@ -215,6 +218,9 @@ class InferUser(FastHttpUser):
         while True:
             shape = records.step_shape(state.env)
             step = shape.tracker.current if shape is not None and shape.tracker is not None else 0
+            if shape is not None and shape.tracker is not None and shape.tracker.finished:
+                pool.join(timeout=state.drain_s)   # answers still due; the rest: incomplete
+                raise StopUser()
             if step is None or step >= len(ol.rates):
                 gevent.sleep(0.05)
                 next_ns = None

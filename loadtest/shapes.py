@@ -19,8 +19,6 @@ class StepShape(LoadTestShape):
     # set by the locustfile when steps are extended until stable:
     # {"check": fn(row, now_ns) -> Verdict, "max_seconds": float}
     stability: dict | None = None
-    # set by the locustfile: fn(end_ns) when the last step ends (gives up requests in flight)
-    on_end = None
 
     def __init__(self, schedule: StepSchedule | None = None):
         super().__init__()
@@ -43,10 +41,7 @@ class StepShape(LoadTestShape):
 
     def tick(self):
         tracker = self._ensure()
-        was_finished = tracker.finished
         i = tracker.observe(self.get_run_time())
-        if i is None and not was_finished and type(self).on_end is not None and tracker.rows:
-            type(self).on_end(tracker.rows[-1]["end_ns"] - 1)   # inside the last step
         return None if i is None else (self.schedule.steps[i][0], SPAWN_RATE)
 
     @property

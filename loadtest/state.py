@@ -81,6 +81,7 @@ class LoadState:
     progress: Any = None                              # the progress.json greenlet
     in_flight: dict[str, Pending] = field(default_factory=dict)  # due or sent, not recorded yet
     pool: Any = None                                  # open loop: the in-flight greenlet pool
+    drain_s: float = 10.0                             # at the end: wait this long for answers
 
     def reset_records(self) -> None:
         del self.records[:]

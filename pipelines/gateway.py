@@ -12,11 +12,11 @@ Endpoints
                       per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown),
                       admission (in progress, admitted, rejected) and the process RSS.
 
-Admission (``pipelines/admission.py``): at most ``--max-queued`` (default 4 x ``--threads``)
+Admission (``pipelines/admission.py``): at most ``--max-queued`` (default 2 x ``--threads``)
 ``/v1/infer`` requests are admitted but not answered; the next one gets 503 ``overloaded`` with
 ``Retry-After`` at once, before its body is read; ``--max-queue-ms`` also turns away an admitted
 request that waited longer for a request thread. When the last request is answered, freed heap
-is handed back to the OS (``malloc_trim``).
+is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off).
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
 recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
@@ -234,7 +234,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                       {"Retry-After": str(gw.admission.retry_after_s)})
 
     app.add_middleware(AdmissionMiddleware, admission=gw.admission, reject=overloaded,
-                       on_idle=gw.releaser.maybe_release)
+                       on_idle=gw.releaser.maybe_release if settings.release_memory else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

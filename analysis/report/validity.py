@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.report.faults import fault_notes
 from analysis.report.fmt import plain_users
 from analysis.report.load import Run
 from analysis.report.summary import Summary, assign_steps, step_table
@@ -56,6 +57,7 @@ def validity_checks(run: Run, view: pd.DataFrame, summary: Summary) -> Validity:
                        index=pd.Index(step_ids, name="step")))
     out.notes += _stability_notes(run, verdicts, rule, label)
     _check_saturation(view, steps_df, step_ids, out, label)
+    out.notes += fault_notes(run.config.get("faults") or [])
     _check_generator_cpu(run, out, label)
     if run.is_open_loop:
         _check_open_loop(run, steps_df, step_ids, out, label)
