@@ -212,6 +212,31 @@ def _error(status: int, code: str, message: str, rid: str | None = None,
     return JSONResponse(body, status_code=status, headers=h)
 
 
+_FAILURES = (ImageRejected, QueueBudgetExceeded, BrokerError, ResultTimeout, ClassifierFailed)
+
+
+def _failure(exc: Exception, rid: str, settings: GatewaySettings) -> JSONResponse:
+    """The JSON error answer of a request the pipeline could not serve."""
+    retry = {"Retry-After": "1"}
+    if isinstance(exc, ImageRejected):
+        return _error(exc.status, exc.code, exc.message, rid)
+    if isinstance(exc, QueueBudgetExceeded):
+        return _error(503, "overloaded", f"The request waited {exc.args[0] / 1e6:.0f} ms for a "
+                      f"request thread, over the {settings.max_queue_ms:g} ms budget "
+                      "(--max-queue-ms): retry later or send fewer requests at once.", rid, retry)
+    if isinstance(exc, BrokerFull):
+        return _error(503, "overloaded", "The crop queue is full: retry later or send fewer "
+                      "requests at once.", rid, retry)
+    if isinstance(exc, BrokerError):
+        return _error(503, "broker_unavailable", f"The message broker failed ({exc}): retry "
+                      "later.", rid, retry)
+    if isinstance(exc, ResultTimeout):
+        return _error(504, "result_timeout", f"Crop(s) {exc.missing} of {exc.k} were not "
+                      f"classified within {exc.timeout_s:g} s: the classifier workers are "
+                      "stopped or overloaded; retry later.", rid)
+    return _error(502, "classifier_failed", str(exc), rid)
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     gw = Gateway(settings)
@@ -306,25 +331,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             probe = inspect_image(data, cap, settings.max_pixels)
             result, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
-        except ImageRejected as exc:
-            return _error(exc.status, exc.code, exc.message, rid)
-        except QueueBudgetExceeded as exc:
-            return _error(503, "overloaded", f"The request waited {exc.args[0] / 1e6:.0f} ms for a "
-                          f"request thread, over the {settings.max_queue_ms:g} ms budget "
-                          "(--max-queue-ms): retry later or send fewer requests at once.", rid,
-                          {"Retry-After": "1"})
-        except BrokerFull:
-            return _error(503, "overloaded", "The crop queue is full: retry later or send fewer "
-                          "requests at once.", rid, {"Retry-After": "1"})
-        except BrokerError as exc:
-            return _error(503, "broker_unavailable", f"The message broker failed ({exc}): retry "
-                          "later.", rid, {"Retry-After": "1"})
-        except ResultTimeout as exc:
-            return _error(504, "result_timeout", f"Crop(s) {exc.missing} of {exc.k} were not "
-                          f"classified within {exc.timeout_s:g} s: the classifier workers are "
-                          "stopped or overloaded; retry later.", rid)
-        except ClassifierFailed as exc:
-            return _error(502, "classifier_failed", str(exc), rid)
+        except _FAILURES as exc:
+            return _failure(exc, rid, settings)
         timing = result.pop("timing")
         total = now_ns() - t0
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "

@@ -218,3 +218,27 @@ def test_sweep_rides_through_a_killed_worker(real_models, tmp_path):
     events = build_trace(run.path)["traceEvents"]
     marks = [e for e in events if e.get("name") == "fault: kill-worker worker-0"]
     assert {e["ph"] for e in marks} == {"i", "X"}
+
+
+def test_queue_time_budget_turns_away_requests_that_waited_too_long(real_models, tmp_path):
+    """One request thread, room for 8, but a 1 ms budget for waiting for the thread: of four
+    requests sent at once, those that had to wait get 503 overloaded naming --max-queue-ms."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.corpus import build_corpus
+
+    img = Path(build_corpus(sizes=("1MP",), photos=("china",))[0].path).read_bytes()
+    gw = GatewayProcess(gateway_args(real_models, "--threads", "1", "--max-queued", "8",
+                                     "--max-queue-ms", "1"), tmp_path / "gateway.log").start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.post(gw.url + "/v1/infer", content=img,
+                                                         timeout=30), range(4)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes[0] == 200 and 503 in codes, codes
+        late = [r.json() for r in answers if r.status_code == 503]
+        assert all(b["error"] == "overloaded" and "--max-queue-ms" in b["message"] for b in late)
+        stats = httpx.get(gw.url + "/v1/stats").json()["admission"]
+        assert stats["rejected_queue_time"] == len(late) and stats["rejected"] == 0
+    finally:
+        gw.stop()
