@@ -74,6 +74,7 @@ class LoadConfig:
     locust_workers: int | None = None           # distributed sweep: Locust worker processes
     distributed_workers: int | None = None      # web UI run: workers that sent records
     slo_ms: float | None = None                 # goodput's latency objective (None: every success)
+    drain_seconds: float | None = None          # wait for answers at the end, then "incomplete"
     extra: dict[str, Any] = field(default_factory=dict)
 
     to_dict = _to_dict
