@@ -170,9 +170,10 @@ class GatewaySettings(ClassifierOptions):
     threads: int = Field(4, description="request threads (decode, detect, wait for results)")
     max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
                                    "answered; beyond it 503 overloaded (Retry-After) before the "
-                                   "body is read (default: --threads + 2: every request thread "
-                                   "busy and two requests ready so no thread idles between "
-                                   "requests; more only adds waiting, see README)")
+                                   "body is read (default: 2 x --threads: every request thread "
+                                   "busy and one request waiting for each, so a closed-loop "
+                                   "sweep up to 2 x threads users is never turned away; fewer "
+                                   "cuts the admitted latency, see README)")
     max_queue_ms: float = Field(0.0, description="queue-time budget: an admitted request that "
                                 "waited longer for a request thread gets 503 overloaded (0: none)")
     max_upload_mb: float = Field(32.0, description="largest upload accepted (MiB)")
@@ -188,7 +189,7 @@ class GatewaySettings(ClassifierOptions):
 
     @property
     def admission_limit(self) -> int:
-        return self.max_queued if self.max_queued is not None else max(1, self.threads) + 2
+        return self.max_queued if self.max_queued is not None else 2 * max(1, self.threads)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -12,7 +12,7 @@ Endpoints
                       per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown),
                       admission (in progress, admitted, rejected) and the process RSS.
 
-Admission (``pipelines/admission.py``): at most ``--max-queued`` (default ``--threads`` + 2)
+Admission (``pipelines/admission.py``): at most ``--max-queued`` (default 2 x ``--threads``)
 ``/v1/infer`` requests are admitted but not answered; the next one gets 503 ``overloaded`` with
 ``Retry-After`` at once, before its body is read; ``--max-queue-ms`` also turns away an admitted
 request that waited longer for a request thread. When the last request is answered, freed heap
