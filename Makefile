@@ -24,6 +24,7 @@ test: $(STAMP)
 	@bash scripts/ensure_servers.sh $(BIN)/python
 	@bash scripts/ensure_triton.sh $(BIN)/python
 	@bash scripts/ensure_compose.sh
+	@bash scripts/ensure_kubectl.sh
 	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:

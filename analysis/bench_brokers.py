@@ -18,14 +18,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from deploy.local_servers import RedisServer, TansuServer  # noqa: E402
+from deploy.local_servers import RedisServer, TansuServer
 
 KAFKA_GROUP_OPTS = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000)
 
@@ -233,9 +229,9 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     if args.fetch_max_wait_ms is None:
-        from brokers.kafka import _OPTIONS
+        from brokers.kafka_config import OPTIONS
 
-        args.fetch_max_wait_ms = _OPTIONS["fetch_max_wait_ms"][1]
+        args.fetch_max_wait_ms = OPTIONS["fetch_max_wait_ms"][1]
     import platform
 
     import kafka

@@ -34,8 +34,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import cv2  # noqa: E402
 
 cv2.setNumThreads(1)

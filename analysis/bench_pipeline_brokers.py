@@ -2,7 +2,7 @@
 thread) vs redis://local vs kafka://local (one ``python -m pipelines.worker`` process each).
 
     python analysis/bench_pipeline_brokers.py [--out DIR] [--users 2] [--seconds 20] [--size 1MP]
-        [--brokers memory,redis,kafka]
+        [--brokers memory,redis,kafka] [--fetch-max-wait-ms 10]
 
 Each broker is one ``loadtest.sweep`` run (real gateway, Locust, local redis-server / tansu
 started and stopped by PID) in DIR/<broker>; then a table: throughput, p50, the broker's share of
@@ -18,24 +18,26 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-BROKERS = {
-    "memory": ["--broker", "memory://", "--workers", "1"],
-    "redis": ["--broker", "redis://local", "--worker-processes", "1"],
-    "kafka": ["--broker", "kafka://local?session_timeout_ms=6000&heartbeat_interval_ms=1000"
-                       "&fetch_max_wait_ms=10",
-              "--worker-processes", "1"],
-}
+def broker_args(name: str, fetch_max_wait_ms: int = 10) -> list[str]:
+    """The sweep's broker flags for ``name``; Kafka consumers wait at most ``fetch_max_wait_ms``
+    for a fetch to fill (kafka-python's default in the adapter is 100)."""
+    return {
+        "memory": ["--broker", "memory://", "--workers", "1"],
+        "redis": ["--broker", "redis://local", "--worker-processes", "1"],
+        "kafka": ["--broker", "kafka://local?session_timeout_ms=6000&heartbeat_interval_ms=1000"
+                              f"&fetch_max_wait_ms={int(fetch_max_wait_ms)}",
+                  "--worker-processes", "1"],
+    }[name]
 
 
-def run_one(name: str, out: Path, users: int, seconds: float, size: str) -> Path:
+def run_one(name: str, out: Path, users: int, seconds: float, size: str,
+            fetch_max_wait_ms: int = 10) -> Path:
     run = out / name
     cmd = [sys.executable, "-m", "loadtest.sweep", "--out", str(run), "--overwrite",
            "--users", str(users), "--step-seconds", f"{seconds:g}",
            "--warmup-seconds", f"{min(5.0, seconds / 4):g}", "--sizes", size, "--min-requests", "10",
-           "--no-report", "--intra-op-threads", "1", *BROKERS[name]]
+           "--no-report", "--intra-op-threads", "1", *broker_args(name, fetch_max_wait_ms)]
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True)
     if r.returncode != 0:
@@ -73,10 +75,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--size", default="1MP")
     ap.add_argument("--brokers", default="memory,redis,kafka")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=10,
+                    help="Kafka consumers' fetch_max_wait_ms (docs/brokers.md has rows for 10 and 100)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     names = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    runs = {n: run_one(n, out, args.users, args.seconds, args.size) for n in names}
+    unknown = set(names) - {"memory", "redis", "kafka"}
+    if unknown:
+        ap.error(f"unknown broker(s) {sorted(unknown)}: choose from memory, redis, kafka")
+    runs = {n: run_one(n, out, args.users, args.seconds, args.size, args.fetch_max_wait_ms)
+            for n in names}
     rows = [row_for(n, r) for n, r in runs.items()]
 
     from rich.console import Console

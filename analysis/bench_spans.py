@@ -21,8 +21,6 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def drive(url: str, data: bytes, n: int, concurrency: int) -> tuple[float, list[float], int]:
     """``n`` requests over ``concurrency`` closed-loop clients. Returns (wall s, latencies, errors)."""

@@ -2,7 +2,7 @@
 HTTP (binary tensor), gRPC, and system shared memory (``tritonclient.utils.shared_memory``,
 region registered once, the tensor copied into it per request), side by side.
 
-    .venv/bin/python analysis/bench_transfer.py [--requests 50 --megapixels 1]
+    .venv/bin/python analysis/bench_transfer.py [--requests 50 --megapixels 1] [--json out.json]
 
 The model (Python backend) only answers the input's element count, so the server's own time is
 small; it is measured by Triton (``/v2/models/<m>/stats``: ``success`` = request start to end
@@ -12,6 +12,7 @@ are what to read; the 2 cores are shared with the server.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -19,9 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODEL = "sink"
 MODEL_PY = '''import numpy as np
@@ -115,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--megapixels", type=float, default=1.0)
     ap.add_argument("--modes", default="http,grpc,http-shm,grpc-shm")
+    ap.add_argument("--json", default=None, help="also write the rows here")
     a = ap.parse_args(argv)
     from deploy.triton.server import TritonServer
 
@@ -130,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['mode']:<10}{r['p50_ms']:>9.2f}{r['mean_ms']:>9.2f}{r['server_ms']:>11.2f}"
               f"{r['transfer_ms']:>13.2f}{r['MB_s']:>9.0f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"shape": [side, side], "bytes": x.nbytes, "requests": a.requests, "rows": rows},
+                      f, indent=1)
     return 0
 
 

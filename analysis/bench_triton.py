@@ -28,16 +28,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from deploy.triton.repository import write_repository  # noqa: E402
-from deploy.triton.server import TritonServer  # noqa: E402
-from pipelines.inference.triton import (TritonBackend, read_trace, server_spans,  # noqa: E402
+from deploy.triton.repository import write_repository
+from deploy.triton.server import TritonServer
+from pipelines.inference.triton import (TritonBackend, read_trace, server_spans,
                                         stats_delta)
-from pipelines.models import ensure_model  # noqa: E402
+from pipelines.models import ensure_model
 
 
 def _cpu_s(pid: int | None = None) -> float:

@@ -13,6 +13,11 @@ measured throughput. Shown: mean rate (req/s), e2e mean/p50/p95/p99 from each ru
 definition (open loop: intended send -> recv, so schedule lag counts; closed loop: send -> recv)
 and the schedule lag (intended -> real send) p50/p99, then component shares as above.
 
+Closed loop: a Pareto view too (throughput vs p99 per run and load level, Pareto-optimal points
+marked, ``--p99-budget MS`` names the best configuration; compare.md and compare_pareto.png).
+
+``--repeats``: the runs are repeats of one configuration; each cell shows mean ± 95% CI.
+
 Prints a rich table and writes compare.md (default: next to the runs, in the first run
 directory's parent). The summaries are the breakdown report's own (``analysis.report``): same
 closure, same step windows.
@@ -27,9 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report.attribution import UNCOVERED, attribute
+from analysis import pareto
+from analysis.report import uncertainty
+from analysis.report.attribution import UNCOVERED
 from analysis.report.load import load_run, open_loop_view
 from analysis.report.summary import assign_steps, size_sort_key, summarize
+from analysis.report.views import attribute_both
 
 HIGHLIGHT = "broker"
 
@@ -72,7 +80,7 @@ def summarize_run(path, label: str | None = None) -> RunSummary:
         if len(steps):
             steps = steps.copy()
             steps["users"] = steps["step"] + 1
-    s = summarize(requests, attribute(requests, spans), steps)
+    s = summarize(requests, attribute_both(requests, spans).path, steps)   # critical path
     broker, workers = describe_broker(run.config)
     load = run.config.get("load") or {}
     ol = run.open_loop or {}
@@ -104,9 +112,10 @@ def compare_table(runs: list[RunSummary]) -> tuple[list[str], list[list[str]], l
         for c in r.components:
             if c not in comps and c != UNCOVERED:
                 comps.append(c)
-    if HIGHLIGHT in comps:      # broker first, then the rest in breakdown order
-        comps.remove(HIGHLIGHT)
-        comps.insert(0, HIGHLIGHT)
+    for c in ("backlog", HIGHLIGHT):   # broker first, backlog beside it, the rest in breakdown order
+        if c in comps:
+            comps.remove(c)
+            comps.insert(0, c)
     comps.append(UNCOVERED)
     keys = set()
     for r in runs:
@@ -231,7 +240,9 @@ def markdown(runs: list[RunSummary], head, rows, match: str | None = None) -> st
     else:
         lines += ["", "Per load level and size class: throughput, e2e p50/p99 and each component's "
                   "share of mean e2e (closure: the shares plus `other` add up to 100%). "
-                  f"**{HIGHLIGHT}** = time crops and results spend in the broker.", ""]
+                  f"Shares are of the critical path (the crop that finished last). **{HIGHLIGHT}** = "
+                  f"the broker's own transit of that crop and its result; `backlog` = that crop's "
+                  f"wait for a worker busy with other crops.", ""]
     hi = head.index(f"{HIGHLIGHT} %") if f"{HIGHLIGHT} %" in head else -1
     lines.append("| " + " | ".join(f"**{h}**" if i == hi else h for i, h in enumerate(head)) + " |")
     lines.append("|" + "---|" * len(head))
@@ -268,9 +279,11 @@ def print_table(runs, head, rows, console=None) -> None:
                       highlight=False)
 
 
-def compare(run_dirs, out=None, labels=None, quiet=False, match: str | None = None) -> Path:
+def compare(run_dirs, out=None, labels=None, quiet=False, match: str | None = None,
+            p99_budget_ms: float | None = None) -> Path:
     """Side by side; the closed-vs-open load-mode table when a run is open loop or ``match`` is
-    given (``order`` or ``throughput``)."""
+    given (``order`` or ``throughput``). Closed loop: also the Pareto view (``analysis.pareto``:
+    a compare.md section and ``compare_pareto.png``), naming the best run under ``p99_budget_ms``."""
     labels = list(labels or [])
     names = [Path(p).name for p in run_dirs]
     runs = []
@@ -286,9 +299,34 @@ def compare(run_dirs, out=None, labels=None, quiet=False, match: str | None = No
         head, rows, _ = compare_table(runs)
     out = Path(out) if out else Path(run_dirs[0]).resolve().parent / "compare.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(runs, head, rows, match))
+    text = markdown(runs, head, rows, match)
+    front = None
+    if not match:
+        front = pareto.points(runs)
+        if len(front):
+            png = pareto.plot(front, out.with_name(out.stem + "_pareto.png"), p99_budget_ms)
+            text += "\n".join(pareto.markdown(front, p99_budget_ms) + ["", f"![Pareto]({png.name})", ""])
+    out.write_text(text)
     if not quiet:
         print_table(runs, head, rows)
+        if front is not None and p99_budget_ms is not None:
+            for r in pareto.best_under(front, p99_budget_ms).to_dict("records"):
+                print(f"best under p99 {p99_budget_ms:g} ms, {r['size_class']}: {r['run']} at "
+                      f"{r['users']} users ({r['throughput_rps']:.1f} req/s, p99 {r['e2e_p99_ms']:.1f} ms)")
+        print(f"compare: {out}")
+    return out
+
+
+def compare_repeats(run_dirs, out=None, quiet=False) -> Path:
+    """The runs are repeats of one configuration: mean ± 95% CI per (users, size) cell."""
+    runs = [summarize_run(p) for p in run_dirs]
+    comps = [c for c in dict.fromkeys(c for r in runs for c in r.components)]
+    table = uncertainty.repeat_table([r.main for r in runs], comps)
+    out = Path(out) if out else Path(run_dirs[0]).resolve().parent / "compare.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(uncertainty.repeat_markdown(table, comps, [str(r.path) for r in runs]))
+    if not quiet:
+        print(out.read_text())
         print(f"compare: {out}")
     return out
 
@@ -301,10 +339,17 @@ def main(argv=None) -> int:
     ap.add_argument("--match", choices=MATCH_MODES, default=None,
                     help="closed vs open loop: pair steps by their order (default when a run is "
                          "open loop) or each step of the first run with the nearest throughput")
+    ap.add_argument("--p99-budget", type=float, default=None, metavar="MS",
+                    help="name the configuration with the most throughput whose p99 stays within MS")
+    ap.add_argument("--repeats", action="store_true",
+                    help="the runs are repeats of one configuration: mean and 95%% CI per cell")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        compare(args.run_dirs, args.out, args.label, args.quiet, args.match)
+        if args.repeats:
+            compare_repeats(args.run_dirs, args.out, args.quiet)
+            return 0
+        compare(args.run_dirs, args.out, args.label, args.quiet, args.match, args.p99_budget)
     except FileNotFoundError as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2

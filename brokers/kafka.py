@@ -1,26 +1,7 @@
 """Kafka broker (kafka-python): a topic per stage with N partitions, consumer groups, manual commit.
 
-URL: ``kafka://[user:password@]host:port[,host2:port]?option=value&...``. Credentials come only
-from the URL or the environment (``OVERHEAD_KAFKA_USERNAME`` / ``OVERHEAD_KAFKA_PASSWORD``); with
-credentials the client uses SASL (``sasl_mechanism``, default PLAIN, over ``security_protocol``,
-default SASL_PLAINTEXT). Options (query string, or keyword arguments to ``from_url``, which win):
-
-``prefix`` (``overhead.``)          Kafka topic = prefix + topic
-``partitions`` (4), ``replication`` (1)   for topics this broker creates (KafkaAdminClient)
-``acks`` (1: 0, 1 or all), ``linger_ms`` (0), ``batch_size`` (16384), ``compression`` (none),
-``max_request_size`` (8388608)       producer settings
-``sync`` (1)                        publish waits for the broker's ack (0: fire and forget;
-                                    errors are then only logged, ``close`` flushes)
-``session_timeout_ms`` (10000), ``heartbeat_interval_ms`` (1000), ``max_poll_interval_ms``
-(300000), ``fetch_max_wait_ms`` (100), ``offset_reset`` (earliest)   consumer settings. A group
-                                    join costs about session_timeout/2 on tansu. Against tansu,
-                                    fetch_max_wait_ms 1/10/100/500 gave the same round-trip p50;
-                                    10 costs ~0.12 core per idle consumer, 100 ~0.015
-``request_timeout_ms`` (3000), ``connect_timeout_ms`` (2000)   bound every wait on an unreachable
-                                    broker (then ``BrokerUnavailable``)
-``high_water`` (0 = off), ``lag_groups`` (comma list), ``lag_check_ms`` (200)
-                                    publish raises ``BrokerFull`` while ``depth(topic)`` (the lag of
-                                    the groups named in lag_groups or consumed here) >= high_water
+URL, options and credentials: ``brokers.kafka_config`` (``kafka://host:port?partitions=..``);
+topic creation, lag and liveness: ``brokers.kafka_admin``. This module: publish, consume, ack.
 
 Groups: the interface's ``group`` on topic ``t`` is Kafka group ``<prefix>t.<group>`` (scoped
 per topic, like a Redis consumer group).
@@ -44,61 +25,17 @@ would wait for a running poll to end).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections import OrderedDict
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from brokers import kafka_config
 from brokers.base import (MAX_REASON_CHARS, Broker, BrokerError, BrokerFull, BrokerUnavailable,
                           Delivery, dead_letter_topic)
-from brokers.urls import convert_option, redact_url
+from brokers.kafka_admin import KafkaAdmin
+from brokers.kafka_offsets import ConsumerState as _ConsumerState
+from brokers.urls import redact_url
 
 log = logging.getLogger(__name__)
-
-_OPTIONS = {  # name: (type, default)
-    "prefix": (str, "overhead."),
-    "partitions": (int, 4),
-    "replication": (int, 1),
-    "acks": (str, "1"),
-    "linger_ms": (int, 0),
-    "batch_size": (int, 16384),
-    "compression": (str, ""),
-    "max_request_size": (int, 8 * 1024 * 1024),
-    "sync": (bool, True),
-    "session_timeout_ms": (int, 10000),
-    "heartbeat_interval_ms": (int, 1000),
-    "max_poll_interval_ms": (int, 300000),
-    "fetch_max_wait_ms": (int, 100),
-    "offset_reset": (str, "earliest"),
-    "request_timeout_ms": (int, 3000),
-    "connect_timeout_ms": (int, 2000),
-    "high_water": (int, 0),
-    "lag_groups": (str, ""),
-    "lag_check_ms": (int, 200),
-    "security_protocol": (str, ""),
-    "sasl_mechanism": (str, "PLAIN"),
-    "client_id": (str, "overhead"),
-}
-
-
-class _ConsumerState:
-    """One KafkaConsumer and the ack bookkeeping of the records it delivered."""
-
-    __slots__ = ("key", "consumer", "lock", "pending", "to_commit", "group", "alive_checked")
-
-    def __init__(self, key, group):
-        self.key = key
-        self.group = group
-        self.consumer = None
-        self.lock = threading.RLock()
-        # TopicPartition -> OrderedDict(offset -> acked?) in delivery order
-        self.pending: dict = {}
-        # TopicPartition -> next offset to commit (contiguously acked, not yet committed)
-        self.to_commit: dict = {}
-        # kafka-python's poll() never raises when the broker is gone: consume() checks the
-        # broker itself (ping) after an empty poll, at most every ALIVE_CHECK_S
-        self.alive_checked = time.monotonic()
 
 
 class KafkaBroker(Broker):
@@ -109,19 +46,16 @@ class KafkaBroker(Broker):
                  security: dict | None = None, **cfg):
         import kafka  # noqa: F401  (fail early with ImportError if the extra is missing)
 
-        unknown = set(cfg) - set(_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown Kafka broker option(s): {sorted(unknown)}")
+        kafka_config.check_options(cfg)
         self.bootstrap = bootstrap_servers
         self.url = redact_url(url)
-        self.cfg = {name: default for name, (_t, default) in _OPTIONS.items()}
+        self.cfg = kafka_config.defaults()
         self.cfg.update(cfg)
         self.prefix = self.cfg["prefix"]
         self._security = dict(security or {})
         self._lock = threading.RLock()
-        self._admin_lock = threading.RLock()
         self._producer = None
-        self._admin = None
+        self._admin = KafkaAdmin(self._common(), self._wrap)
         self._topics: set[str] = set()
         self._consumers: dict[tuple, _ConsumerState] = {}
         self._lag_cache: dict[str, list] = {}     # kafka topic -> [depth, monotonic time]
@@ -132,32 +66,7 @@ class KafkaBroker(Broker):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_url(cls, url: str = "kafka://127.0.0.1:9092", **options) -> "KafkaBroker":
-        parts = urlsplit(url)
-        if parts.scheme != "kafka":
-            raise ValueError(f"not a Kafka URL: {redact_url(url)!r}")
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        servers = [s.strip() for s in netloc.split(",") if s.strip()] or ["127.0.0.1:9092"]
-        ours = {}
-        for k, v in parse_qsl(parts.query, keep_blank_values=True):
-            if k not in _OPTIONS:
-                raise ValueError(f"unknown Kafka broker option {k!r} in {redact_url(url)!r}")
-            ours[k] = v
-        unknown = set(options) - set(_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown Kafka broker option(s): {sorted(unknown)}")
-        ours.update(options)
-        cfg = {name: convert_option(name, typ, ours[name]) for name, (typ, _d) in _OPTIONS.items()
-               if name in ours and ours[name] is not None}
-        user = unquote(parts.username) if parts.username else os.environ.get("OVERHEAD_KAFKA_USERNAME")
-        password = (unquote(parts.password) if parts.password is not None
-                    else os.environ.get("OVERHEAD_KAFKA_PASSWORD"))
-        security = {}
-        if user and password is not None:
-            security = {"security_protocol": cfg.get("security_protocol") or "SASL_PLAINTEXT",
-                        "sasl_mechanism": cfg.get("sasl_mechanism", "PLAIN"),
-                        "sasl_plain_username": user, "sasl_plain_password": password}
-        elif cfg.get("security_protocol"):
-            security = {"security_protocol": cfg["security_protocol"]}
+        servers, cfg, security = kafka_config.parse_url(url, options)
         return cls(servers, url, security=security, **cfg)
 
     # ------------------------------------------------------------------ helpers
@@ -172,25 +81,15 @@ class KafkaBroker(Broker):
         return f"{name}.{group}"
 
     def _common(self) -> dict:
-        c = self.cfg
-        return dict(bootstrap_servers=self.bootstrap, client_id=c["client_id"],
-                    request_timeout_ms=c["request_timeout_ms"],
-                    bootstrap_timeout_ms=c["connect_timeout_ms"],
-                    reconnect_backoff_ms=50, reconnect_backoff_max_ms=1000,
-                    **self._security)
+        return kafka_config.client_settings(self.bootstrap, self.cfg, self._security)
 
     def _unavailable(self, exc: Exception) -> BrokerUnavailable:
         return BrokerUnavailable(f"Kafka broker at {self.url} is unavailable: "
                                  f"{type(exc).__name__}: {exc}")
 
-    def _is_unavailable(self, exc: Exception) -> bool:
-        import kafka.errors as E
-
-        # RetriableError covers connection, timeout, metadata and coordinator errors.
-        # UnknownError (-1) is what tansu answers a produce to a topic it lost in a restart.
-        return isinstance(exc, (E.RetriableError, E.BrokerNotAvailableError,
-                                E.UnknownTopicOrPartitionError, E.CoordinatorNotAvailableError,
-                                E.NotCoordinatorError, E.UnknownError, OSError))
+    @staticmethod
+    def _is_unavailable(exc: Exception) -> bool:
+        return kafka_config.is_unavailable(exc)
 
     def _wrap(self, exc: Exception) -> BrokerError:
         with self._lock:
@@ -199,34 +98,15 @@ class KafkaBroker(Broker):
             return self._unavailable(exc)
         return BrokerError(f"Kafka broker at {self.url}: {type(exc).__name__}: {exc}")
 
-    def _admin_client(self):
-        with self._admin_lock:
-            if self._admin is None:
-                from kafka.admin import KafkaAdminClient
-
-                try:
-                    self._admin = KafkaAdminClient(**self._common())
-                except Exception as exc:
-                    raise self._wrap(exc) from exc
-            return self._admin
-
     def _producer_client(self):
         if self._producer is None:
             with self._lock:
                 if self._producer is None:
                     from kafka import KafkaProducer
 
-                    c = self.cfg
-                    acks = c["acks"].strip().lower()
-                    acks = "all" if acks in ("all", "-1") else int(acks)
                     try:
-                        self._producer = KafkaProducer(
-                            **self._common(), acks=acks, linger_ms=c["linger_ms"],
-                            batch_size=c["batch_size"], max_request_size=c["max_request_size"],
-                            compression_type=c["compression"] or None,
-                            max_block_ms=c["request_timeout_ms"],
-                            delivery_timeout_ms=c["request_timeout_ms"] + c["linger_ms"] + 100,
-                            allow_auto_create_topics=False)
+                        self._producer = KafkaProducer(**self._common(),
+                                                       **kafka_config.producer_settings(self.cfg))
                     except Exception as exc:
                         raise self._wrap(exc) from exc
                     # kafka-python 3.0.12 bug: a topic known only from the bootstrap (all-topics)
@@ -243,18 +123,7 @@ class KafkaBroker(Broker):
         """Create the Kafka topic ``name`` (full name, with prefix) if missing."""
         if name in self._topics:
             return
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        admin = self._admin_client()
-        with self._admin_lock:
-            try:
-                admin.create_topics([NewTopic(name, self.cfg["partitions"],
-                                              self.cfg["replication"])])
-            except TopicAlreadyExistsError:
-                pass
-            except Exception as exc:
-                raise self._wrap(exc) from exc
+        self._admin.create_topic(name, self.cfg["partitions"], self.cfg["replication"])
         with self._lock:
             self._topics.add(name)
 
@@ -337,24 +206,14 @@ class KafkaBroker(Broker):
                         broker._commit(st, commit)
                     except Exception as exc:   # noqa: BLE001 - re-delivery is the fallback
                         log.warning("commit on revoke failed for %s: %s", st.key, exc)
-                for tp in revoked:
-                    st.pending.pop(tp, None)
-                    st.to_commit.pop(tp, None)
+                st.forget(revoked)
 
             def on_partitions_assigned(self, assigned):
                 pass
 
         try:
-            kc = KafkaConsumer(
-                **common, group_id=self.group_id(name, group), enable_auto_commit=False,
-                auto_offset_reset=c["offset_reset"],
-                session_timeout_ms=c["session_timeout_ms"],
-                heartbeat_interval_ms=c["heartbeat_interval_ms"],
-                max_poll_interval_ms=c["max_poll_interval_ms"],
-                fetch_max_wait_ms=c["fetch_max_wait_ms"],
-                max_partition_fetch_bytes=max(1048576, c["max_request_size"]),
-                fetch_max_bytes=max(52428800, c["max_request_size"]),
-                allow_auto_create_topics=False)
+            kc = KafkaConsumer(**common, group_id=self.group_id(name, group),
+                               **kafka_config.consumer_settings(c))
             kc.subscribe([name], listener=_Listener())
         except Exception as exc:
             raise self._wrap(exc) from exc
@@ -386,9 +245,8 @@ class KafkaBroker(Broker):
                                                 f"answer)")
                 return out
             for tp, records in batches.items():
-                q = st.pending.setdefault(tp, OrderedDict())
                 for r in records:
-                    q[r.offset] = False
+                    st.delivered(tp, r.offset)
                     out.append(Delivery(topic=topic, payload=r.value or b"", deliver_ns=now,
                                         tag=(st.key, tp, r.offset),
                                         key=None if r.key is None else
@@ -407,23 +265,7 @@ class KafkaBroker(Broker):
             with st.lock:
                 if st.consumer is None:
                     continue
-                touched = set()
-                for _key, tp, offset in tags:
-                    q = st.pending.get(tp)
-                    if q is not None and offset in q:
-                        q[offset] = True
-                        touched.add(tp)
-                for tp in touched:
-                    q = st.pending[tp]
-                    nxt = None
-                    while q:
-                        off, done = next(iter(q.items()))
-                        if not done:
-                            break
-                        q.popitem(last=False)
-                        nxt = off + 1
-                    if nxt is not None:
-                        st.to_commit[tp] = nxt
+                st.acked((tp, offset) for _key, tp, offset in tags)
                 self._flush_commits(st)
 
     def _flush_commits(self, st: _ConsumerState) -> None:
@@ -462,49 +304,11 @@ class KafkaBroker(Broker):
                             ("t", str(time.time_ns()).encode())])
 
     def _lag(self, topic: str, name: str) -> int:
-        """Largest lag (end offset - committed offset, summed over partitions) of the groups
-        known for ``topic``; raises BrokerUnavailable."""
-        from kafka import TopicPartition
-        from kafka.admin import OffsetSpec
-
+        """Largest lag of the groups known for ``topic``; raises BrokerUnavailable."""
         with self._lock:
             groups = set(self._groups_by_topic.get(name, ())) | set(
                 self._groups_by_topic.get("*", ()))
-        if not groups:
-            return -1
-        admin = self._admin_client()
-        with self._admin_lock:
-            try:
-                parts = self._partitions(admin, name)
-                ends = admin.list_partition_offsets(
-                    {TopicPartition(name, p): OffsetSpec.LATEST for p in parts})
-                tps = [TopicPartition(name, p) for p in parts]
-                committed = {}
-                for g in groups:
-                    gid = self.group_id(name, g)
-                    committed[g] = admin.list_group_offsets({gid: tps}).get(gid, {})
-            except Exception as exc:
-                raise self._wrap(exc) from exc
-        best = 0
-        for g in groups:
-            offs = committed.get(g, {})
-            lag = 0
-            for tp, end in ends.items():
-                c = offs.get(tp)
-                c_off = c.offset if c is not None and c.offset is not None and c.offset >= 0 else 0
-                lag += max(0, end.offset - c_off)
-            best = max(best, lag)
-        return best
-
-    @staticmethod
-    def _partitions(admin, name: str) -> list[int]:
-        desc = admin.describe_topics([name])
-        for t in desc:
-            if t.get("name") == name and not t.get("error_code"):
-                return sorted(p["partition_index"] for p in t["partitions"])
-        from kafka.errors import UnknownTopicOrPartitionError
-
-        raise UnknownTopicOrPartitionError(name)
+        return self._admin.lag(name, [self.group_id(name, g) for g in sorted(groups)])
 
     def depth(self, topic: str) -> int:
         """Consumer lag of ``topic`` for the groups consumed here or named in ``lag_groups``
@@ -516,12 +320,7 @@ class KafkaBroker(Broker):
             return -1
 
     def ping(self) -> bool:
-        try:
-            with self._admin_lock:
-                self._admin_client().list_topics()
-            return True
-        except Exception:
-            return False
+        return self._admin.ping()
 
     def assignment(self, topic: str, group: str, consumer: str) -> set[int]:
         """Partitions currently assigned to this consumer (empty before it joined the group)."""
@@ -562,12 +361,7 @@ class KafkaBroker(Broker):
 
     def delete_topic(self, topic: str) -> None:
         name = self.topic_name(topic)
-        admin = self._admin_client()
-        with self._admin_lock:
-            try:
-                admin.delete_topics([name])
-            except Exception as exc:
-                raise self._wrap(exc) from exc
+        self._admin.delete_topic(name)
         with self._lock:
             self._topics.discard(name)
 
@@ -576,7 +370,6 @@ class KafkaBroker(Broker):
             states = list(self._consumers.values())
             self._consumers.clear()
             producer, self._producer = self._producer, None
-            admin, self._admin = self._admin, None
         for st in states:
             self._close_state(st)
         if producer is not None:
@@ -584,8 +377,4 @@ class KafkaBroker(Broker):
                 producer.close(timeout=2)
             except Exception as exc:  # noqa: BLE001
                 log.debug("closing Kafka producer: %s", exc)
-        if admin is not None:
-            try:
-                admin.close()
-            except Exception:  # noqa: BLE001
-                pass
+        self._admin.close()

@@ -135,8 +135,8 @@ def join_serving(stack: Stack | None, run, config: dict) -> None:
     write_config(run.path, config)
     cc = config["serving"].get("cross_check")
     if cc:
-        from deploy.triton.sweep_server import format_cross_check
-        print(format_cross_check(cc), file=sys.stderr)
+        from analysis.report.render import cross_check_text
+        print(cross_check_text(cc), file=sys.stderr)
 
 
 def wait_ready(url: str, timeout: float) -> None:

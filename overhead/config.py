@@ -141,6 +141,10 @@ class ClassifierOptions(Options):
     spans_dir: str | None = Field(None, description="write span parquet parts here (a worker "
                                   "process: instead of sending its spans in the result headers)")
     log_level: LogLevel = Field("info", description="log level")
+    calibration_crop_sleep_ms: float = Field(
+        0.0, description="TEST/CALIBRATION KNOB: the classifier worker sleeps this long per crop "
+        "(inside its classify-normalize span), for known-answer checks of the backlog; 0 in any "
+        "real measurement")
 
     @property
     def classifier_batch(self) -> int:

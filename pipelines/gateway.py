@@ -141,7 +141,8 @@ class Gateway:
                 max_batch=s.max_batch, max_delay_ms=s.max_delay_ms, workers=s.workers,
                 worker_batch=s.worker_batch, result_timeout_s=s.result_timeout_s,
                 backend=s.backend, backend_options=s.backend_options,
-                publish_timeout_s=s.publish_timeout_s).start()
+                publish_timeout_s=s.publish_timeout_s,
+                calibration_crop_sleep_ms=s.calibration_crop_sleep_ms).start()
             self.models = {
                 role: {"name": info.name, "kind": info.kind, "onnx_path": str(info.onnx_path),
                        "input_hw": list(info.input_hw), "normalization": info.normalization,

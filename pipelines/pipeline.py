@@ -79,7 +79,7 @@ class TwoStagePipeline:
                  max_delay_ms: float = 0.0, workers: int = 1, result_timeout_s: float = 30.0,
                  worker_batch: int | None = None, backend: str = "embedded",
                  backend_options: dict | None = None, publish_timeout_s: float = 1.0,
-                 warmup: bool = True):
+                 warmup: bool = True, calibration_crop_sleep_ms: float = 0.0):
         self.detector_info = detector_info
         self.classifier_info = classifier_info
         self.pre = preprocessor
@@ -98,6 +98,7 @@ class TwoStagePipeline:
         self.backend_options = dict(backend_options or {})   # e.g. {"url": ...} of a server
         self.publish_timeout_s = publish_timeout_s
         self.warmup = warmup
+        self.calibration_crop_sleep_ms = float(calibration_crop_sleep_ms)   # test knob (config.py)
         self.det_hw = tuple(detector_info.input_hw)
         self.det_norm = detector_info.normalization
         outs = list(detector_info.output_names)
@@ -145,7 +146,8 @@ class TwoStagePipeline:
         self._classifier_backends.append(backend)
         w = ClassifierWorker(self.broker, backend, self.pre, self.classifier_info,
                              batch=self.worker_batch, max_delay_ms=self.max_delay_ms,
-                             name=name).start()
+                             name=name,
+                             calibration_crop_sleep_ms=self.calibration_crop_sleep_ms).start()
         self.workers.append(w)
         return w
 

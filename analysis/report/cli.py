@@ -2,9 +2,10 @@
 
     python analysis/breakdown.py RUN_DIR        (from any directory; needs only RUN_DIR's files)
 
-Loads the run, attributes each request's end-to-end time to its spans (closure), summarizes per
-step and size class, judges validity, writes report.md, report.html, breakdown.csv and plots/
-into RUN_DIR and prints the tables.
+Loads the run, checks the workers' clocks, attributes each request's end-to-end time along its
+critical path (the headline) and, as the "work view", evenly over its overlapping spans (closure
+both ways), summarizes per step and size class, judges validity, writes report.md, report.html,
+breakdown.csv (critical path), breakdown_work.csv and plots/ into RUN_DIR and prints the tables.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.report.attribution import attribute
 from analysis.report.console import make_console, print_tables
 from analysis.report.findings import findings
 from analysis.report.load import Run, load_run, open_loop_view
@@ -24,17 +24,21 @@ from analysis.report.render import write_report
 from analysis.report.summary import Summary, summarize
 from analysis.report.tables import step_view
 from analysis.report.validity import validity_checks
+from analysis.report.views import attribute_both
 
 
 @dataclass
 class Report:
     run: Run
-    attr: pd.DataFrame
+    attr: pd.DataFrame                  # critical path (the headline)
     summary: Summary
     findings: list[str]
     files: dict
     validity: list[str] = field(default_factory=list)
     steps: pd.DataFrame | None = None   # summary.steps with each step's validity verdict
+    work_attr: pd.DataFrame | None = None   # the work view: even split over overlapping spans
+    work: Summary | None = None
+    clock_notes: list[str] = field(default_factory=list)
 
 
 def _view(run: Run) -> tuple[Run, pd.DataFrame, pd.DataFrame, dict]:
@@ -57,16 +61,20 @@ def report(run_dir, console=None, quiet: bool = False, slo_ms: float | None = No
     t0 = time.perf_counter()
     run = load_run(run_dir)
     run_view, requests, spans, labels = _view(run)
-    attr = attribute(requests, spans)
+    both = attribute_both(requests, spans)
+    attr = both.path
     slo_ms = slo_ms if slo_ms is not None else run.load.get("slo_ms")
     summary = summarize(requests, attr, run_view.steps, slo_ms)
-    summary.load_labels = labels
+    work = summarize(requests, both.work, run_view.steps, slo_ms)
+    summary.load_labels = work.load_labels = labels
     validity = validity_checks(run_view, requests, summary)
     steps = step_view(summary, validity.steps)
     notes = findings(run_view, summary)
-    files = write_report(run_view, attr, summary, notes, validity.notes, steps)
+    files = write_report(run_view, attr, summary, notes, both.clock_notes + validity.notes, steps,
+                         work=work)
     rep = Report(run=run, attr=attr, summary=summary, findings=notes, files=files,
-                 validity=validity.notes, steps=steps)
+                 validity=both.clock_notes + validity.notes, steps=steps, work_attr=both.work,
+                 work=work, clock_notes=both.clock_notes)
     if not quiet:
         console = console or make_console()
         print_tables(rep, console)

@@ -27,7 +27,8 @@ def print_tables(report, console: Console | None = None) -> None:
             if i < MAIN_FIXED and h not in ("errors", "p95") or h == "other"
             or i >= MAIN_FIXED and (s.main[f"{h}_share"].fillna(0).max() >= CONSOLE_MIN_SHARE)]
     dropped = [h for i, h in enumerate(head) if i >= MAIN_FIXED and i not in keep]
-    t = Table(title=f"Where the time goes — {report.run.path.name} (mean ms, share of e2e)",
+    t = Table(title=f"Where the time goes — {report.run.path.name} — critical path "
+                    f"(mean ms, share of e2e; work view in report.md)",
               title_justify="left")
     for i in keep:
         t.add_column(head[i], justify="right", no_wrap=False)

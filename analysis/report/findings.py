@@ -22,6 +22,7 @@ def findings(run: Run, summary: Summary) -> list[str]:
 
     out = _data_handling(main, summary, users)
     out += _largest_components(main, summary, users)
+    out += _broker_vs_backlog(main, summary, users)
     out += _unexplained_other(main, users)
     out += _littles_law(run, summary, users)
     out += _throughput(summary, users)
@@ -80,6 +81,21 @@ def _largest_components(main: pd.DataFrame, summary: Summary, users) -> list[str
         if parts:
             out.append(f"Largest component at {users(n)} — " + "; ".join(parts) + ".")
     return out
+
+
+def _broker_vs_backlog(main: pd.DataFrame, summary: Summary, users) -> list[str]:
+    """On the critical path: the broker's own transit against the wait for a busy worker."""
+    if "backlog" not in summary.components or "broker" not in summary.components or not len(main):
+        return []
+    parts = []
+    for n in sorted({int(main["users"].min()), int(main["users"].max())}):
+        sel = main[main["users"] == n]
+        parts.append(f"{users(n)}: broker {fmt_ms(sel['broker_mean_ms'].mean())} ms "
+                     f"({fmt_pct(sel['broker_share'].mean())}), backlog "
+                     f"{fmt_ms(sel['backlog_mean_ms'].mean())} ms ({fmt_pct(sel['backlog_share'].mean())})")
+    return ["Broker vs backlog on the critical path (`broker` = the broker's own transit, `backlog` = "
+            "the last crop waiting for a worker busy with other crops: more workers, not another "
+            "broker, cut it) — " + "; ".join(parts) + "."]
 
 
 def _unexplained_other(main: pd.DataFrame, users) -> list[str]:

@@ -1,4 +1,5 @@
-"""plots/: per size class, the stacked components per load level; latency vs throughput."""
+"""plots/: per size class, the stacked components (critical path) per load level; latency vs
+throughput."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from analysis.report.summary import Summary, size_sort_key
 
 COLORS = {"decode": "#1f77b4", "resize": "#aec7e8", "normalize": "#17becf", "serialize": "#9467bd",
           "transfer": "#c5b0d5", "queue": "#ff7f0e", "inference": "#2ca02c", "postprocess": "#98df8a",
-          "broker": "#d62728", "other": "#7f7f7f"}
+          "broker": "#d62728", "backlog": "#ff9896", "other": "#7f7f7f"}
 DPI = 110
 
 
@@ -56,7 +57,7 @@ def _stacked(plt, summary: Summary, d: pd.DataFrame, size: str):
     ax.plot(x, d["e2e_p50_ms"], "k_", markersize=18, mew=2, label="e2e p50")
     ax.set_xticks(x, [_label(summary, u) for u in d["users"]])
     ax.set_xlabel("offered load" if summary.load_labels else "concurrent users")
-    ax.set_ylabel("mean ms per request")
+    ax.set_ylabel("mean ms per request (critical path)")
     ax.set_title(f"Where the time goes — {size}")
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -69,7 +69,7 @@ def closure_error(attr: pd.DataFrame) -> float:
 
 
 def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], validity: list[str],
-            steps: pd.DataFrame, plots: list[Path]) -> dict:
+            steps: pd.DataFrame, plots: list[Path], work: Summary | None = None) -> dict:
     """Everything both templates show; ``steps``: ``tables.step_view``."""
     serving = run.config.get("serving") or {}
     return dict(
@@ -77,6 +77,7 @@ def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], va
         what_ran=tables.what_ran(run.config, run), closure=closure_error(attr),
         main_table=tables.main_table(summary, with_p50=True, steps=steps),
         stage_table=tables.stage_table(summary), steps_table=tables.steps_table(summary, run, steps),
+        work_table=tables.main_table(work, with_p50=False) if work is not None else None,
         plots=[Figure(p) for p in plots], serving=serving,
         faults_table=fault_table(run.config.get("faults") or [], run.requests, run.steps),
         serving_table=tables.serving_table(serving) if serving else None,
@@ -85,16 +86,23 @@ def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], va
 
 
 def write_report(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str],
-                 validity: list[str] | None = None, steps: pd.DataFrame | None = None) -> dict:
-    """Write breakdown.csv, plots/, report.md and report.html into the run directory; return
-    their paths (keys ``csv``, ``plots``, ``md``, ``html``)."""
+                 validity: list[str] | None = None, steps: pd.DataFrame | None = None,
+                 work: Summary | None = None) -> dict:
+    """Write breakdown.csv (critical path), breakdown_work.csv (work view), plots/, report.md and
+    report.html into the run directory; return their paths (keys ``csv``, ``plots``, ``md``,
+    ``html``, and ``work_csv`` with a work view)."""
     rd = RunDir(run.path)
     summary.main.merge(summary.stages.drop(columns=["requests"]),
                        on=["step", "users", "size_class"], how="left").to_csv(rd.breakdown_csv, index=False)
+    files = {}
+    if work is not None:
+        files["work_csv"] = rd.breakdown_csv.with_name("breakdown_work.csv")
+        work.main.to_csv(files["work_csv"], index=False)
     plots = plot(summary, rd.plots)
     ctx = context(run, attr, summary, notes, validity or [],
-                  summary.steps if steps is None else steps, plots)
+                  summary.steps if steps is None else steps, plots, work)
     env = environment()
     rd.report_md.write_text(env.get_template("report.md.j2").render(ctx))
     rd.report_html.write_text(env.get_template("report.html.j2").render(ctx))
-    return {"csv": rd.breakdown_csv, "plots": plots, "md": rd.report_md, "html": rd.report_html}
+    return {"csv": rd.breakdown_csv, "plots": plots, "md": rd.report_md, "html": rd.report_html,
+            **files}

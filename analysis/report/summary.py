@@ -1,5 +1,7 @@
 """Per concurrency step and size class, over each step's measured window: counts, throughput,
-end-to-end mean/p50/p95/p99, and per component its mean, median and share of end-to-end."""
+end-to-end mean/p50/p95/p99 (and ``e2e_p99_ub_ms``, the p99 bound at 99% confidence, NaN with
+fewer than 459 requests: ``analysis.report.uncertainty``), and per component its mean, median and
+share of end-to-end."""
 from __future__ import annotations
 
 import re
@@ -9,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.report.attribution import E2E, STAGE_UNCOVERED, UNCOVERED, by_component
+from analysis.report.uncertainty import p99_upper_bound
 
 KEYS = ["step", "size_class"]
 QUANTILES = {"e2e_p50_ms": 0.50, "e2e_p95_ms": 0.95, "e2e_p99_ms": 0.99}
@@ -90,7 +93,8 @@ def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFr
     main = _cells(steps, counts).assign(
         throughput_rps=lambda d: d["requests"] / d["window_s"],
         e2e_mean_ms=e2e.mean().reindex(cells),
-        **{name: e2e.quantile(q).reindex(cells) for name, q in QUANTILES.items()})
+        **{name: e2e.quantile(q).reindex(cells) for name, q in QUANTILES.items()},
+        e2e_p99_ub_ms=e2e.agg(p99_upper_bound).reindex(cells))
     main = _with_components(main, okc.groupby(KEYS), components, cells, with_p50=True)
     stages = _with_components(_cells(steps, counts)[["users", "requests"]], oka.groupby(KEYS),
                               stage_keys, cells, with_p50=False, e2e_mean=main["e2e_mean_ms"])

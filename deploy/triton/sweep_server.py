@@ -212,29 +212,4 @@ def cross_check(trace: dict, stats: dict, models) -> dict:
     return out
 
 
-def format_cross_check(cc: dict) -> str:
-    lines = ["Triton trace vs /v2/models/*/stats (mean per request, whole server life):",
-             f"  {'model':<18}{'requests t/s':>14}{'queue ms t/s':>18}{'compute ms t/s':>20}  batches"]
-    for m, d in cc.items():
-        lines.append(f"  {m:<18}{d['trace_requests']:>6} /{d['stats_requests']:>6}"
-                     f"{d['trace_queue_ms']:>9.2f} /{d['stats_queue_ms']:>7.2f}"
-                     f"{d['trace_compute_ms']:>11.2f} /{d['stats_compute_ms']:>7.2f}  {d['batches']}")
-    return "\n".join(lines)
-
-
-def serving_section(summary: dict) -> str:
-    """Markdown appended to report.md: which server each stage used, and the cross-check."""
-    st = summary.get("stages") or {}
-    lines = ["", "## Serving", "",
-             "| stage | server | model | protocol |", "|---|---|---|---|"]
-    for stage, d in st.items():
-        lines.append(f"| {stage} | {d['server']} | {d['model']} | {summary.get('protocol', '')} |")
-    j = summary.get("join") or {}
-    lines += ["", f"Triton trace joined into spans (transfer / queue / inference per call): {j}"]
-    if summary.get("cross_check"):
-        lines += ["", "```", format_cross_check(summary["cross_check"]), "```"]
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["ManagedTriton", "add_arguments", "cross_check", "format_cross_check",
-           "join_spans_file", "serving_section"]
+__all__ = ["ManagedTriton", "add_arguments", "cross_check", "join_spans_file"]

@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence, TypedDict, TypeVar
 
 # Stages and components of a span (DESIGN.md, "The measurement contract"). COMPONENTS is also the
-# order in which the report lists components.
+# order in which the report lists components. ``broker`` is the broker's own transit; ``backlog``
+# (never recorded as a span: the report derives it from the workers' busy time) is a crop's wait
+# for a worker that was busy with other crops.
 STAGES = ("detect", "classify", "gateway")
 COMPONENTS = (
     "decode", "resize", "normalize", "serialize", "transfer", "queue",
-    "inference", "postprocess", "broker", "other",
+    "inference", "postprocess", "broker", "backlog", "other",
 )
 
 
