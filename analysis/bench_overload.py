@@ -153,6 +153,11 @@ def summarize(run: RunDir, samples, base: int, load_end: int, unloaded_p99: floa
           f"{len(req) - rejected - incomplete - int((req['status'] == 200).sum())} other")
     print(f"3x step: admitted p50 {lat.quantile(0.5):.0f} ms, p99 {p99:.0f} ms = "
           f"{p99 / unloaded_p99:.1f}x unloaded p99 (target <= 5x)")
+    window = ((ok["intended_ns"] - over["start_ns"]) // 10**10 * 10).rename("s")
+    per = lat.groupby(window).agg(["size", lambda x: x.quantile(0.99)])
+    print("  per 10 s of the 3x step (answered, p99 ms): " + ", ".join(
+        f"{int(t)}s: {int(n)}, {q:.0f}" for t, (n, q) in per.iterrows()))
+    print(f"  load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (the machine is shared)")
     print(f"RSS: baseline {base / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB (+{(peak - base) / 2**20:.0f}"
           f" MiB, target <= +200), {len(s.loc[s['t'] > load_end])} samples after the load, last "
           f"{after / 2**20:.0f} MiB ({(after - base) / base:+.1%}, target within 10%); "
