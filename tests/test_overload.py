@@ -242,3 +242,36 @@ def test_queue_time_budget_turns_away_requests_that_waited_too_long(real_models,
         assert stats["rejected_queue_time"] == len(late) and stats["rejected"] == 0
     finally:
         gw.stop()
+
+
+def test_a_closed_loop_of_max_queued_clients_is_never_turned_away(small_gateway):
+    """A place is free again before the client that held it can send its next request."""
+    import threading
+
+    from pipelines.corpus import build_corpus
+
+    img = Path(build_corpus(sizes=("0.1MP",), photos=("china",))[0].path).read_bytes()
+    codes: list[int] = []
+    end = time.monotonic() + 3
+
+    def client():
+        with httpx.Client(base_url=small_gateway.url, timeout=30) as c:
+            while time.monotonic() < end:
+                codes.append(c.post("/v1/infer", content=img).status_code)
+    threads = [threading.Thread(target=client) for _ in range(2)]   # = --max-queued 2
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(codes) > 4 and set(codes) == {200}, sorted(set(codes))
+
+
+def test_fault_specs_parse_and_bad_ones_are_refused():
+    from loadtest.faults import Fault
+
+    f = Fault.parse("kill-worker@20s")
+    assert (f.kind, f.at_s) == ("kill-worker", 20.0)
+    assert Fault.parse("restart-broker@2.5").at_s == 2.5
+    for bad in ("kill-gateway@5s", "kill-worker", "kill-worker@soon"):
+        with pytest.raises(ValueError, match="KIND@SECONDS"):
+            Fault.parse(bad)
