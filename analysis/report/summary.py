@@ -25,6 +25,7 @@ class Summary:
     components: list[str] = field(default_factory=list)
     stage_keys: list[str] = field(default_factory=list)
     load_labels: dict = field(default_factory=dict)   # steps' "users" value -> label (open loop)
+    slo_ms: float | None = None                        # goodput's latency objective
 
     def load_label(self, users) -> str | None:
         """Open loop: the label of a load level (a step's "users" value); None in closed loop."""
@@ -99,7 +100,8 @@ def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFr
     stages = _with_components(_cells(steps, counts)[["users", "requests"]], oka.groupby(KEYS),
                               stage_keys, cells, with_p50=False, e2e_mean=main["e2e_mean_ms"])
     return Summary(main=_flat(main), stages=_flat(stages),
-                   steps=_step_rows(req, okc, steps, slo_ms), components=components, stage_keys=stage_keys)
+                   steps=_step_rows(req, okc, steps, slo_ms), components=components, stage_keys=stage_keys,
+                   slo_ms=slo_ms)
 
 
 def _flat(table: pd.DataFrame) -> pd.DataFrame:

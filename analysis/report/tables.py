@@ -65,7 +65,8 @@ def steps_table(summary: Summary, run: Run, steps: pd.DataFrame) -> Table:
         head = (["step", "target req/s"] + head[2:6] + ["mean ms (from intended)", "lag p50 ms",
                 "lag p99 ms", "slot waits", "X·W (in flight)"] + head[8:])
     if "goodput_rps" in steps.columns:
-        head.append("goodput req/s")
+        head.append(f"goodput req/s (e2e ≤ {summary.slo_ms:g} ms)" if summary.slo_ms
+                    else "goodput req/s (every success)")
     if "saturated" in steps.columns:
         head += ["rejected", "incomplete"]
     if "valid" in steps.columns:
