@@ -8,6 +8,9 @@ One process (pid) per load step (or per image size class with ``--group size``),
 open-loop load that includes the schedule lag, shown as its own ``client-schedule_lag`` event)
 and one complete event per span, named ``stage-component``, with the span's attrs as ``args``.
 ``ts``/``dur`` are microseconds (floats, ns precision) from the first exported request.
+Faults injected by the sweep (config.json ``faults``, ``--fault``) are a global instant event
+(a line across every track) at the moment each struck, plus a ``faults`` track with one slice
+per fault from the strike to its piece being back.
 
 The trace-event format needs the events of one track to nest properly. Spans that overlap
 without nesting (k crops classified at once) go to extra tracks of the same request
@@ -77,7 +80,8 @@ def build_trace(run_dir, slowest: int | None = None, group: str = "step") -> dic
     steps = read_steps(run.path)
     req = _requests(run, steps, slowest)
     t0 = int(req["start_ns"].min()) if len(req) else 0
-    group_of = _grouper(req, steps, (read_config(run.path).get("load") or {}).get("rates"), group)
+    config = read_config(run.path)
+    group_of = _grouper(req, steps, (config.get("load") or {}).get("rates"), group)
     spans = read_spans(run.path)
     by_req = {rid: g for rid, g in spans.groupby("request_id")} if len(spans) else {}
     events: list[dict] = []
@@ -90,10 +94,36 @@ def build_trace(run_dir, slowest: int | None = None, group: str = "step") -> dic
             events.append(dict(ph="M", name="process_name", pid=pid, tid=0, args={"name": pname}))
             events.append(dict(ph="M", name="process_sort_index", pid=pid, tid=0, args={"sort_index": pid}))
         tid += _request_events(events, r, by_req.get(r.request_id), pid, tid + 1, order, t0)
+    events += fault_events(config.get("faults") or [], t0)
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"run_dir": str(run.path), "requests": int(len(req)), "t0_ns": t0,
                           "slowest": slowest, "group": group,
                           "note": "ts/dur in microseconds from t0_ns (time.time_ns of the first request)"}}
+
+
+FAULT_PID = 999_999
+
+
+def fault_events(faults: list[dict], t0: int) -> list[dict]:
+    """Each struck fault: a global instant event, and a slice on the ``faults`` track covering
+    strike -> recovery (to the strike alone when it never recovered)."""
+    out: list[dict] = []
+    for f in faults:
+        if not f.get("time_ns"):
+            continue
+        name = f"fault: {f['kind']} {f.get('target') or ''}".strip()
+        args = {k: f.get(k) for k in ("kind", "target", "at_s", "recovered_ns", "error")}
+        out.append(dict(ph="i", s="g", name=name, pid=FAULT_PID, tid=1, ts=_us(f["time_ns"], t0),
+                        args=args))
+        end = f.get("recovered_ns") or f["time_ns"]
+        out.append(dict(ph="X", name=name, cat="fault", pid=FAULT_PID, tid=1,
+                        ts=_us(f["time_ns"], t0), dur=(int(end) - int(f["time_ns"])) / NS_PER_US,
+                        args=args))
+    if out:
+        out[:0] = [dict(ph="M", name="process_name", pid=FAULT_PID, tid=0, args={"name": "faults"}),
+                   dict(ph="M", name="process_sort_index", pid=FAULT_PID, tid=0,
+                        args={"sort_index": -1})]
+    return out
 
 
 def _requests(run: RunDir, steps: pd.DataFrame, slowest: int | None) -> pd.DataFrame:

@@ -32,7 +32,8 @@ def locust_command(run, schedule, rule, sizes: list[str], host: str, args, rates
            "--overhead-warmup-seconds", f"{schedule.warmup_seconds:g}",
            "--overhead-stability-window", f"{rule.window_s:g}",
            "--overhead-min-requests", str(rule.min_requests),
-           "--overhead-stability-max-seconds", f"{args.stability_max_seconds:g}"]
+           "--overhead-stability-max-seconds", f"{args.stability_max_seconds:g}",
+           "--overhead-drain-seconds", f"{args.drain_seconds:g}"]
     if rates:
         cmd += ["--overhead-arrivals", args.arrivals,
                 "--overhead-rates", ",".join(f"{r:g}" for r in rates),

@@ -73,12 +73,13 @@ from pathlib import Path
 import gevent
 import gevent.pool
 from locust import FastHttpUser, constant, events, task
+from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest import records, webui
 from loadtest.schedule import ARRIVALS, ArrivalProcess, parse_rates
 from loadtest.shapes import StepShape  # noqa: F401  (Locust picks the shape up from here)
-from loadtest.state import INFER_PATH, CorpusImage, LoadState, OpenLoop
+from loadtest.state import INFER_PATH, CorpusImage, LoadState, OpenLoop, Pending
 from overhead.contract.records import RequestRecord
 from overhead.contract.rundir import RunDir
 from overhead.contract.stability import StabilityRule
@@ -143,6 +144,9 @@ def _on_init(environment, **kw):
             webui.install_swarm_hook(state, web_ui)
     _load_corpus(environment, opts, ui)
     _configure_load(opts)
+    state.drain_s = max(0.0, opts.overhead_drain_seconds)
+    # Locust waits this long for users to finish their request when the run stops (then kills)
+    environment.stop_timeout = max(environment.stop_timeout or 0, state.drain_s + 1)
 
 
 def _load_corpus(environment, opts, ui: bool) -> None:
@@ -208,12 +212,15 @@ class InferUser(FastHttpUser):
         """The scheduler: intended times from the arrival process at the current step's rate,
         each request handed to the pool (which blocks the scheduler while full)."""
         ol = state.open_loop
-        pool = gevent.pool.Pool(ol.max_in_flight)
+        pool = state.pool = gevent.pool.Pool(ol.max_in_flight)
         arrivals = ArrivalProcess(ol.kind, ol.seed)
         next_ns = None
         while True:
             shape = records.step_shape(state.env)
             step = shape.tracker.current if shape is not None and shape.tracker is not None else 0
+            if shape is not None and shape.tracker is not None and shape.tracker.finished:
+                pool.join(timeout=state.drain_s)   # answers still due; the rest: incomplete
+                raise StopUser()
             if step is None or step >= len(ol.rates):
                 gevent.sleep(0.05)
                 next_ns = None
@@ -225,32 +232,53 @@ class InferUser(FastHttpUser):
             delay = (next_ns - time.time_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
+                if shape is not None and shape.tracker is not None and shape.tracker.finished:
+                    continue   # the run ended while waiting: this arrival is past its end
             st = state.open_stats.setdefault(step, {"rate": rate, "scheduled": 0, "slot_waits": 0})
             st["scheduled"] += 1
             if pool.full():
                 st["slot_waits"] += 1
-            pool.spawn(self.request, self.next_image(), next_ns)
+            # due now: from here on it has a row, answered or not (records.give_up)
+            p = Pending(uuid.uuid4().hex, self.uid, self.next_image(), next_ns)
+            state.in_flight[p.request_id] = p
+            pool.spawn(self.request, p.image, next_ns, p)
 
-    def request(self, img: CorpusImage, intended_ns: int | None):
-        rid = uuid.uuid4().hex
+    def request(self, img: CorpusImage, intended_ns: int | None, pending: Pending | None = None):
         send_ns = time.time_ns()
-        intended_ns = send_ns if intended_ns is None else intended_ns
-        with self.client.post(INFER_PATH, data=img.data, name=img.label, catch_response=True,
-                              headers={"X-Request-ID": rid, "Content-Type": img.content_type}) as resp:
-            recv_ns = time.time_ns()  # post() returns after the whole body has been read
-            status = int(resp.status_code or 0)
-            timing = (resp.headers.get("Server-Timing") if resp.headers else None) or ""
-            error, k = _outcome(resp, status, rid)
-            state.records.append(RequestRecord(
-                request_id=rid, user=self.uid, image=img.name, size_class=img.size_class,
-                bytes=len(img.data), intended_ns=intended_ns, send_ns=send_ns, recv_ns=recv_ns,
-                status=status, error=error, server_timing=timing, k=k))
-            if error is None and state.components and timing:
-                log_components(self.environment.stats, timing)
-            if error is None:
-                resp.success()
-            else:
-                resp.failure(error)
+        p = pending or Pending(uuid.uuid4().hex, self.uid, img, send_ns)
+        p.send_ns, rid = send_ns, p.request_id
+        state.in_flight[rid] = p
+        try:
+            with self.client.post(INFER_PATH, data=img.data, name=img.label, catch_response=True,
+                                  headers={"X-Request-ID": rid, "Content-Type": img.content_type}) as resp:
+                recv_ns = time.time_ns()  # post() returns after the whole body has been read
+                if state.in_flight.pop(rid, None) is None:
+                    raise _TooLate()      # given up already (recorded incomplete): not twice
+                self._record(p, resp, recv_ns)
+        except _TooLate:
+            pass
+        finally:
+            records.give_up(state, rid)   # killed mid-request (the run or the user stopped)
+
+    def _record(self, p: Pending, resp, recv_ns: int) -> None:
+        img, rid = p.image, p.request_id
+        status = int(resp.status_code or 0)
+        timing = (resp.headers.get("Server-Timing") if resp.headers else None) or ""
+        error, k = _outcome(resp, status, rid)
+        state.records.append(RequestRecord(
+            request_id=rid, user=p.user, image=img.name, size_class=img.size_class,
+            bytes=len(img.data), intended_ns=p.intended_ns, send_ns=p.send_ns, recv_ns=recv_ns,
+            status=status, error=error, server_timing=timing, k=k))
+        if error is None and state.components and timing:
+            log_components(self.environment.stats, timing)
+        if error is None:
+            resp.success()
+        else:
+            resp.failure(error)
+
+
+class _TooLate(Exception):
+    """An answer that came after its request was recorded as incomplete (not counted twice)."""
 
 
 def _outcome(resp, status: int, rid: str) -> tuple[str | None, int]:
@@ -337,6 +365,7 @@ def _write_all(environment) -> None:
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_):
     runner = environment.runner
+    records.give_up_in_flight(state)   # no request the generator sent leaves without a row
     if isinstance(runner, WorkerRunner):
         records.send_records(state, runner)
     elif webui.ui_mode(environment):

@@ -56,6 +56,46 @@ def live_check(state: LoadState, row: dict, now_ns: int):
     return assess(completions, start, now_ns, state.rule)
 
 
+INCOMPLETE = "incomplete"
+
+
+class Incomplete(Exception):
+    """Locust's failure entry of a request given up without an answer."""
+
+
+def give_up(state: LoadState, request_id: str, now_ns: int | None = None) -> bool:
+    """Record a due or in-flight request as ``incomplete`` (status 0; ``recv_ns`` when it was given
+    up, so its latency is how long it had waited) and count it in Locust's stats as a failure.
+    False when it was recorded already (whoever pops it from ``in_flight`` records it)."""
+    p = state.in_flight.pop(request_id, None)
+    if p is None:
+        return False
+    now = time.time_ns() if now_ns is None else now_ns
+    img = p.image
+    state.records.append(RequestRecord(
+        request_id=p.request_id, user=p.user, image=img.name, size_class=img.size_class,
+        bytes=len(img.data), intended_ns=p.intended_ns, send_ns=p.send_ns or now, recv_ns=now,
+        status=0, error=INCOMPLETE, server_timing="", k=-1))
+    env = state.env
+    if env is not None and getattr(env, "events", None) is not None:
+        env.events.request.fire(request_type="POST", name=img.label, response_length=0,
+                                response_time=max(now - p.intended_ns, 0) / 1e6, context={},
+                                exception=Incomplete(f"no answer after "
+                                                     f"{(now - p.intended_ns) / 1e9:.1f} s"))
+    return True
+
+
+def give_up_in_flight(state: LoadState, now_ns: int | None = None) -> int:
+    """At the end of the run: every request still due or in flight becomes an ``incomplete``
+    record (the open-loop pool's greenlets are then stopped; their answers would come too late)."""
+    n = sum(give_up(state, rid, now_ns) for rid in list(state.in_flight))
+    if state.pool is not None:
+        state.pool.kill(block=False)
+    if n:
+        log.info("overhead: %d requests still in flight at the end: recorded as incomplete", n)
+    return n
+
+
 def write_run(state: LoadState, environment) -> None:
     """requests.parquet (when there are new records), steps.parquet and the locust/*.json files."""
     run = run_dir(state, environment)

@@ -109,6 +109,7 @@ def run_config(argv: list[str], args, schedule, rule, sizes: list[str], rates) -
         "load": {"tool": "locust", "user_class": "FastHttpUser", "closed_loop": not rates,
                  "schedule": [{"users": u, "seconds": s} for u, s in schedule.steps],
                  "warmup_seconds": schedule.warmup_seconds, "sizes": sizes,
+                 "slo_ms": args.slo_ms, "drain_seconds": args.drain_seconds,
                  "stability": {**rule.to_dict(),
                                "extend_up_to_s": args.stability_max_seconds or None}},
         "machine": machine(), "versions": versions(), "git": git_info(),

@@ -51,6 +51,16 @@ class UITest:
 
 
 @dataclass
+class Pending:
+    """A request the load generator has due or in flight (``send_ns`` None: not sent yet)."""
+    request_id: str
+    user: int
+    image: CorpusImage
+    intended_ns: int
+    send_ns: int | None = None
+
+
+@dataclass
 class LoadState:
     env: Any = None                                   # the Locust Environment
     images: list[CorpusImage] = field(default_factory=list)
@@ -69,6 +79,9 @@ class LoadState:
     sent: int = 0                                     # worker: records sent to the master
     by_worker: dict[str, int] = field(default_factory=dict)  # master: worker id -> records received
     progress: Any = None                              # the progress.json greenlet
+    in_flight: dict[str, Pending] = field(default_factory=dict)  # due or sent, not recorded yet
+    pool: Any = None                                  # open loop: the in-flight greenlet pool
+    drain_s: float = 10.0                             # at the end: wait this long for answers
 
     def reset_records(self) -> None:
         del self.records[:]

@@ -49,6 +49,7 @@ from deploy.processes import ProcessFailed, log_tail
 from deploy.stack import Stack
 from loadtest.cpu import cpu_seconds, write_cpu_tables
 from loadtest.errors import SweepError
+from loadtest.faults import Fault, FaultInjector
 from loadtest.locust_runner import LocustRun, locust_command
 from loadtest.progress import DepthSampler, http_get_json
 from loadtest.runinfo import corpus_manifest, corpus_summary, run_config
@@ -101,6 +102,10 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--locust-workers", type=int, default=0,
                     help="distributed load: a Locust master plus N worker processes on this "
                          "machine (each keeps its records and sends them to the master at the end)")
+    ap.add_argument("--fault", action="append", default=[], metavar="KIND@SECONDS",
+                    help="a fault inside the measurement (repeatable): kill-worker@20s (kill -9 "
+                         "worker-0, then start it again) or restart-broker@30s (the local broker); "
+                         "the sweep keeps running and records it (loadtest/faults.py)")
     ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
     ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
     args, extra = ap.parse_known_args(argv)
@@ -119,6 +124,12 @@ def parse_args(argv: list[str] | None):
     if args.locust_workers and (args.arrivals or args.stability_max_seconds):
         ap.error("--locust-workers: open loop and --stability-max-seconds need the records in the "
                  "process that runs the shape; use one Locust process for them")
+    try:
+        args.faults = [Fault.parse(f) for f in args.fault]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.faults and args.host:
+        ap.error("--fault acts on the pieces the sweep starts: not with --host")
     if args.worker_processes < 0:
         ap.error("--worker-processes must be >= 0")
     if args.worker_processes and (args.broker or "memory://").startswith("memory"):
@@ -147,6 +158,7 @@ class Sweep:
     proc_samples: list = field(default_factory=list)
     samples: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    faults: FaultInjector | None = None
 
     def __post_init__(self):
         a = self.args
@@ -197,6 +209,12 @@ class Sweep:
                 raise SweepError(f"could not start {self.stack.failed}: {exc}") from None
             describe_stack(self.stack, self.config)
             host = self.gateway.url
+            if a.faults:
+                try:
+                    self.faults = FaultInjector(a.faults, self.stack,
+                                                say=lambda m: print(m, file=sys.stderr, flush=True))
+                except ValueError as exc:
+                    raise SweepError(str(exc)) from None
         try:
             self.config["gateway"] = http_get_json(host + "/v1/config")
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -216,6 +234,8 @@ class Sweep:
         if n:
             self.config["load"]["locust_workers"] = n
         self.watch()
+        if self.faults is not None:
+            self.faults.join()    # a piece still coming back is back before the stack stops
         code, worker_codes = self.locust.stop()
         self.config["locust"]["exit_code"] = code
         if worker_codes:
@@ -232,7 +252,12 @@ class Sweep:
             self.samples.append((now, self.locust.cpu_seconds(), gc))
             for name, pid in (self.stack.cpu_pids() if self.stack else {}).items():
                 self.proc_samples.append((now, name, cpu_seconds(pid)))
+            if self.faults is not None:
+                self.faults.tick(now)
+            allowed = self.faults.expected_dead() if self.faults is not None else set()
             for p in (self.stack.dead() if self.stack else []):
+                if p.name in allowed:
+                    continue
                 raise SweepError(f"{p.name} died during the sweep (code {p.exit_code}); last "
                                  f"lines of {p.log_path}:\n{log_tail(p.log_path)}")
 
@@ -260,6 +285,8 @@ class Sweep:
         self.config["stability_live"] = read_json(self.run.locust_stability)
         if self.rates:
             self.config["open_loop"] = read_json(self.run.locust_openloop)
+        if self.faults is not None:
+            self.config["faults"] = self.faults.records()
         self.config["run"].update(status=status, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_config(self.run.path, self.config)
         for c in cpu:

@@ -172,14 +172,28 @@ class GatewaySettings(ClassifierOptions):
     workers: int = Field(1, description="in-process classifier worker threads (0: external "
                          "workers only)")
     threads: int = Field(4, description="request threads (decode, detect, wait for results)")
+    max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
+                                   "answered; beyond it 503 overloaded (Retry-After) before the "
+                                   "body is read (default: 2 x --threads: every request thread "
+                                   "busy and one request waiting for each, so a closed-loop "
+                                   "sweep up to 2 x threads users is never turned away; fewer "
+                                   "cuts the admitted latency, see README)")
+    max_queue_ms: float = Field(0.0, description="queue-time budget: an admitted request that "
+                                "waited longer for a request thread gets 503 overloaded (0: none)")
     max_upload_mb: float = Field(32.0, description="largest upload accepted (MiB)")
     max_pixels: int = Field(60_000_000, description="largest image accepted (width x height)")
     result_timeout_s: float = Field(30.0, description="wait this long for the crops' classes, "
                                     "then answer 504")
     publish_timeout_s: float = Field(1.0, description="wait this long for room in the broker, "
                                      "then answer 503")
+    release_memory: bool = Field(True, description="when the last request is answered, hand "
+                                 "freed heap back to the OS (glibc malloc_trim)")
     spans: bool = Field(True, description="record spans (--no-spans: span-overhead benchmark)")
     access_log: bool = Field(False, description="uvicorn access log")
+
+    @property
+    def admission_limit(self) -> int:
+        return self.max_queued if self.max_queued is not None else 2 * max(1, self.threads)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -225,6 +239,12 @@ class LoadSettings(Options):
                                          "many seconds (0: never)")
     min_requests: int = Field(100, description="successful requests a step needs for the run "
                               "to be valid")
+    drain_seconds: float = Field(10.0, description="when the load ends, wait this long for the "
+                                 "answers of requests in flight; those still unanswered are "
+                                 "recorded as incomplete (status 0)")
+    slo_ms: float | None = Field(None, description="goodput: successful requests per second "
+                                 "answered within this end-to-end latency (default: every "
+                                 "success); recorded in config.json for the report")
 
 
 class LocustSettings(LoadSettings):

@@ -9,7 +9,14 @@ Endpoints
   ``GET /healthz``    200 ``{"status": "ok", models, broker}`` once the models are loaded, else 503.
   ``GET /v1/config``  effective settings, versions, models, machine (for a run's config.json).
   ``GET /v1/stats``   in-flight requests, late/duplicate results, worker counters, broker depth
-                      per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown).
+                      per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown),
+                      admission (in progress, admitted, rejected) and the process RSS.
+
+Admission (``pipelines/admission.py``): at most ``--max-queued`` (default 2 x ``--threads``)
+``/v1/infer`` requests are admitted but not answered; the next one gets 503 ``overloaded`` with
+``Retry-After`` at once, before its body is read; ``--max-queue-ms`` also turns away an admitted
+request that waited longer for a request thread. When the last request is answered, freed heap
+is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off).
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
 recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
@@ -44,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from brokers import BrokerError, BrokerFull, open_broker
 from overhead.config import GatewaySettings
 from overhead.contract import topics
+from pipelines.admission import Admission, AdmissionMiddleware, MemoryReleaser, rss_bytes
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
 from pipelines.spans import SpanFlusher, SpanRecorder, now_ns
@@ -88,8 +96,12 @@ def _resolve_model(name: str, models_dir: str | None):
     return ensure_model(name, models_dir=models_dir)
 
 
+class QueueBudgetExceeded(Exception):
+    """An admitted request waited longer than ``--max-queue-ms`` for a request thread."""
+
+
 class Gateway:
-    """Everything behind the app: settings, recorder, thread pool, broker, pipeline."""
+    """Everything behind the app: settings, recorder, thread pool, broker, pipeline, admission."""
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
@@ -104,6 +116,8 @@ class Gateway:
         self.load_error: str | None = None
         self.started_ns = now_ns()
         self.git_rev = None
+        self.admission = Admission(settings.admission_limit, settings.max_queue_ms)
+        self.releaser = MemoryReleaser()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,6 +169,8 @@ class Gateway:
     def run_request(self, rid: str, data: bytes, probe, submitted_ns: int) -> tuple[dict, int]:
         t = now_ns()
         self.recorder.record(rid, "gateway", "queue", submitted_ns, t)
+        if self.admission.over_budget(t - submitted_ns):
+            raise QueueBudgetExceeded(t - submitted_ns)
         return self.pipeline.process(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
@@ -197,6 +213,31 @@ def _error(status: int, code: str, message: str, rid: str | None = None,
     return JSONResponse(body, status_code=status, headers=h)
 
 
+_FAILURES = (ImageRejected, QueueBudgetExceeded, BrokerError, ResultTimeout, ClassifierFailed)
+
+
+def _failure(exc: Exception, rid: str, settings: GatewaySettings) -> JSONResponse:
+    """The JSON error answer of a request the pipeline could not serve."""
+    retry = {"Retry-After": "1"}
+    if isinstance(exc, ImageRejected):
+        return _error(exc.status, exc.code, exc.message, rid)
+    if isinstance(exc, QueueBudgetExceeded):
+        return _error(503, "overloaded", f"The request waited {exc.args[0] / 1e6:.0f} ms for a "
+                      f"request thread, over the {settings.max_queue_ms:g} ms budget "
+                      "(--max-queue-ms): retry later or send fewer requests at once.", rid, retry)
+    if isinstance(exc, BrokerFull):
+        return _error(503, "overloaded", "The crop queue is full: retry later or send fewer "
+                      "requests at once.", rid, retry)
+    if isinstance(exc, BrokerError):
+        return _error(503, "broker_unavailable", f"The message broker failed ({exc}): retry "
+                      "later.", rid, retry)
+    if isinstance(exc, ResultTimeout):
+        return _error(504, "result_timeout", f"Crop(s) {exc.missing} of {exc.k} were not "
+                      f"classified within {exc.timeout_s:g} s: the classifier workers are "
+                      "stopped or overloaded; retry later.", rid)
+    return _error(502, "classifier_failed", str(exc), rid)
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     gw = Gateway(settings)
@@ -211,6 +252,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="Overhead gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.gateway = gw
+
+    def overloaded(scope) -> JSONResponse:
+        rid = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
+        return _error(503, "overloaded", gw.admission.message(), rid,
+                      {"Retry-After": str(gw.admission.retry_after_s)})
+
+    app.add_middleware(AdmissionMiddleware, admission=gw.admission, reject=overloaded,
+                       on_idle=gw.releaser.maybe_release if settings.release_memory else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -242,7 +292,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             # depth may be a round trip (Redis XLEN, Kafka offsets): off the event loop
             broker = await asyncio.get_running_loop().run_in_executor(None, gw.broker_stats)
         return JSONResponse({"spans_buffered": len(gw.recorder), "time_ns": now_ns(),
-                             "broker": broker,
+                             "broker": broker, "admission": gw.admission.stats(),
+                             "rss_bytes": rss_bytes(), "malloc_trims": gw.releaser.trims,
                              "pipeline": gw.pipeline.stats() if gw.pipeline else None})
 
     @app.post("/v1/infer")
@@ -281,20 +332,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             probe = inspect_image(data, cap, settings.max_pixels)
             result, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
-        except ImageRejected as exc:
-            return _error(exc.status, exc.code, exc.message, rid)
-        except BrokerFull:
-            return _error(503, "overloaded", "The crop queue is full: retry later or send fewer "
-                          "requests at once.", rid, {"Retry-After": "1"})
-        except BrokerError as exc:
-            return _error(503, "broker_unavailable", f"The message broker failed ({exc}): retry "
-                          "later.", rid, {"Retry-After": "1"})
-        except ResultTimeout as exc:
-            return _error(504, "result_timeout", f"Crop(s) {exc.missing} of {exc.k} were not "
-                          f"classified within {exc.timeout_s:g} s: the classifier workers are "
-                          "stopped or overloaded; retry later.", rid)
-        except ClassifierFailed as exc:
-            return _error(502, "classifier_failed", str(exc), rid)
+        except _FAILURES as exc:
+            return _failure(exc, rid, settings)
         timing = result.pop("timing")
         total = now_ns() - t0
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "

@@ -128,7 +128,8 @@ def run_locust(tmp_path: Path, name: str, url: str, extra: list[str], seconds: f
     run = RunDir(tmp_path / name).create()
     cmd = [PY, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url, "--only-summary",
            "--overhead-run-dir", str(run.path), "--overhead-manifest", str(write_small_manifest(tmp_path / name)),
-           "--overhead-steps", f"1:{seconds}", "--overhead-warmup-seconds", "0", *extra]
+           "--overhead-steps", f"1:{seconds}", "--overhead-warmup-seconds", "0",
+           "--exit-code-on-error", "0", *extra]   # requests in flight at the end are "incomplete"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,6 +140,7 @@ def run_locust(tmp_path: Path, name: str, url: str, extra: list[str], seconds: f
 def test_open_loop_sees_the_stall_that_closed_loop_hides(tmp_path, stalling):
     # closed loop, one user: the stall delays one request
     closed = pd.read_parquet(run_locust(tmp_path, "closed", stalling(), []).requests)
+    closed = closed[closed["error"] != "incomplete"]    # the one in flight when the run ended
     assert (closed["intended_ns"] == closed["send_ns"]).all() and len(closed) > 50
     c_e2e = (closed["recv_ns"] - closed["send_ns"]) / 1e6
     assert c_e2e.max() > 0.8 * STALL_S * 1e3                  # it did see the stall ...
@@ -149,7 +151,7 @@ def test_open_loop_sees_the_stall_that_closed_loop_hides(tmp_path, stalling):
                      ["--overhead-arrivals", "constant", "--overhead-rates", "25",
                       "--overhead-max-in-flight", "1"])
     opened = pd.read_parquet(run.requests).sort_values("intended_ns")
-    assert (opened["status"] == 200).all() and len(opened) > 40
+    assert ((opened["status"] == 200) | (opened["error"] == "incomplete")).all() and len(opened) > 40
     from_intended = (opened["recv_ns"] - opened["intended_ns"]) / 1e6
     from_send = (opened["recv_ns"] - opened["send_ns"]) / 1e6
     lag = (opened["send_ns"] - opened["intended_ns"]) / 1e6

@@ -55,15 +55,17 @@ def _view(run: Run) -> tuple[Run, pd.DataFrame, pd.DataFrame, dict]:
     return dataclasses.replace(run, steps=steps), requests, spans, labels
 
 
-def report(run_dir, console=None, quiet: bool = False) -> Report:
-    """Load, attribute, summarize, write report files; print unless quiet."""
+def report(run_dir, console=None, quiet: bool = False, slo_ms: float | None = None) -> Report:
+    """Load, attribute, summarize, write report files; print unless quiet. ``slo_ms``: goodput's
+    latency objective (default: config.json ``load.slo_ms``; none: every success counts)."""
     t0 = time.perf_counter()
     run = load_run(run_dir)
     run_view, requests, spans, labels = _view(run)
     both = attribute_both(requests, spans)
     attr = both.path
-    summary = summarize(requests, attr, run_view.steps)
-    work = summarize(requests, both.work, run_view.steps)
+    slo_ms = slo_ms if slo_ms is not None else run.load.get("slo_ms")
+    summary = summarize(requests, attr, run_view.steps, slo_ms)
+    work = summarize(requests, both.work, run_view.steps, slo_ms)
     summary.load_labels = work.load_labels = labels
     validity = validity_checks(run_view, requests, summary)
     steps = step_view(summary, validity.steps)
@@ -86,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="analysis/breakdown.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", help="a run directory written by loadtest/sweep.py")
     ap.add_argument("-q", "--quiet", action="store_true", help="write the files, print only the path")
+    ap.add_argument("--slo-ms", type=float, default=None,
+                    help="goodput: successes within this end-to-end latency per second (default: "
+                         "the run's --slo-ms, else every success)")
     args = ap.parse_args(argv)
     try:
-        rep = report(args.run_dir, quiet=args.quiet)
+        rep = report(args.run_dir, quiet=args.quiet, slo_ms=args.slo_ms)
     except FileNotFoundError as exc:
         print(f"breakdown: {exc}", file=sys.stderr)
         return 2

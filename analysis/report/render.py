@@ -13,6 +13,7 @@ import pandas as pd
 
 from analysis.report import tables
 from analysis.report.attribution import E2E
+from analysis.report.faults import fault_table
 from analysis.report.load import Run
 from analysis.report.plots import plot
 from analysis.report.summary import Summary
@@ -78,6 +79,7 @@ def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], va
         stage_table=tables.stage_table(summary), steps_table=tables.steps_table(summary, run, steps),
         work_table=tables.main_table(work, with_p50=False) if work is not None else None,
         plots=[Figure(p) for p in plots], serving=serving,
+        faults_table=fault_table(run.config.get("faults") or [], run.requests, run.steps),
         serving_table=tables.serving_table(serving) if serving else None,
         cross_check=cross_check_text(serving["cross_check"]) if serving.get("cross_check") else "",
         config_json=json.dumps(run.config, indent=2, default=str))

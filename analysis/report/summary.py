@@ -25,6 +25,7 @@ class Summary:
     components: list[str] = field(default_factory=list)
     stage_keys: list[str] = field(default_factory=list)
     load_labels: dict = field(default_factory=dict)   # steps' "users" value -> label (open loop)
+    slo_ms: float | None = None                        # goodput's latency objective
 
     def load_label(self, users) -> str | None:
         """Open loop: the label of a load level (a step's "users" value); None in closed loop."""
@@ -52,17 +53,21 @@ def step_table(requests_df: pd.DataFrame, steps_df: pd.DataFrame | None) -> pd.D
 
 def assign_steps(requests_df: pd.DataFrame, steps_df: pd.DataFrame) -> pd.Series:
     """Step of each request: the step whose measured window [measure_start_ns, end_ns) holds its
-    completion (recv_ns); -1 for warm-up, between steps, or after the end."""
+    completion (recv_ns) — for a request never answered (``incomplete``) its send time, the step
+    that sent it; -1 for warm-up, between steps, or after the end."""
     step = np.full(len(requests_df), -1, np.int64)
-    recv = requests_df["recv_ns"].to_numpy(np.int64)
+    recv = np.where(requests_df["error"] == "incomplete", requests_df["send_ns"],
+                    requests_df["recv_ns"]).astype(np.int64)
     for row in steps_df.itertuples():
         inside = (recv >= row.measure_start_ns) & (recv < row.end_ns)
         step[inside] = row.step
     return pd.Series(step, index=requests_df.index, name="step")
 
 
-def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFrame) -> Summary:
-    """Per step and size class, over each step's measured window (see ``assign_steps``)."""
+def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFrame,
+              slo_ms: float | None = None) -> Summary:
+    """Per step and size class, over each step's measured window (see ``assign_steps``);
+    ``slo_ms``: goodput counts the successes within it (None: every success)."""
     steps_df = step_table(requests_df, steps_df)
     req = requests_df.copy()
     req["step"] = assign_steps(req, steps_df).to_numpy()
@@ -95,7 +100,8 @@ def summarize(requests_df: pd.DataFrame, attr: pd.DataFrame, steps_df: pd.DataFr
     stages = _with_components(_cells(steps, counts)[["users", "requests"]], oka.groupby(KEYS),
                               stage_keys, cells, with_p50=False, e2e_mean=main["e2e_mean_ms"])
     return Summary(main=_flat(main), stages=_flat(stages),
-                   steps=_step_rows(req, okc, steps), components=components, stage_keys=stage_keys)
+                   steps=_step_rows(req, okc, steps, slo_ms), components=components, stage_keys=stage_keys,
+                   slo_ms=slo_ms)
 
 
 def _flat(table: pd.DataFrame) -> pd.DataFrame:
@@ -136,15 +142,19 @@ def _with_components(table: pd.DataFrame, groups, names: list[str], cells: pd.Mu
     return pd.concat([table, pd.DataFrame(cols, index=cells)], axis=1)
 
 
-def _step_rows(req: pd.DataFrame, okc: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """Per step, all sizes: throughput, mean e2e, and Little's law over every completed request
-    (failures occupy a user too)."""
+def _step_rows(req: pd.DataFrame, okc: pd.DataFrame, steps: pd.DataFrame,
+               slo_ms: float | None = None) -> pd.DataFrame:
+    """Per step, all sizes: throughput, goodput (successes within ``slo_ms`` per second), mean
+    e2e, and Little's law over every completed request (failures occupy a user too)."""
     every = req.assign(e2e_ms=(req["recv_ns"] - req["send_ns"]) / 1e6).groupby("step")
     out = pd.DataFrame({
         "users": steps["users"].astype(int), "window_s": steps["window_s"],
         "requests": okc.groupby("step").size().reindex(steps.index, fill_value=0),
         "errors": (~req["ok"]).groupby(req["step"]).sum().reindex(steps.index, fill_value=0).astype(int)})
     out["throughput_rps"] = out["requests"] / out["window_s"]
+    good = okc[E2E] <= slo_ms if slo_ms else pd.Series(True, index=okc.index)
+    out["goodput_rps"] = (good.groupby(okc["step"]).sum().reindex(steps.index, fill_value=0)
+                          / out["window_s"])
     out["e2e_mean_ms"] = okc.groupby("step")[E2E].mean().reindex(steps.index)
     out["completed_rps"] = every.size().reindex(steps.index, fill_value=0) / out["window_s"]
     out["littles_n"] = out["completed_rps"] * every["e2e_ms"].mean().reindex(steps.index) / 1e3

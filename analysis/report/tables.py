@@ -64,6 +64,11 @@ def steps_table(summary: Summary, run: Run, steps: pd.DataFrame) -> Table:
     if open_loop:
         head = (["step", "target req/s"] + head[2:6] + ["mean ms (from intended)", "lag p50 ms",
                 "lag p99 ms", "slot waits", "X·W (in flight)"] + head[8:])
+    if "goodput_rps" in steps.columns:
+        head.append(f"goodput req/s (e2e ≤ {summary.slo_ms:g} ms)" if summary.slo_ms
+                    else "goodput req/s (every success)")
+    if "saturated" in steps.columns:
+        head += ["rejected", "incomplete"]
     if "valid" in steps.columns:
         head.append("stable")
     rows = []
@@ -77,6 +82,10 @@ def steps_table(summary: Summary, run: Run, steps: pd.DataFrame) -> Table:
             row[1:2] = [fmt_or_dash(r["target_rps"], "g")]
             row[6:7] = [fmt_ms(r["e2e_mean_ms"]), fmt_ms(r["lag_p50_ms"]), fmt_ms(r["lag_p99_ms"]),
                         str(r["slot_waits"])]
+        if "goodput_rps" in r:
+            row.append(f"{r['goodput_rps']:.1f}")
+        if "saturated" in r:
+            row += [str(r["rejected"]), str(r["incomplete"]) + (" (saturated)" if r["saturated"] else "")]
         if "valid" in r:
             row.append("yes" if r["stable"] and r["valid"] else
                        ("–" if r["stable"] is None else f"NO: {r['stability']}"))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.report.faults import fault_notes
 from analysis.report.fmt import plain_users
 from analysis.report.load import Run
 from analysis.report.summary import Summary, assign_steps, step_table
@@ -17,6 +18,7 @@ from overhead.contract.stability import StabilityRule, assess, run_validity
 
 GENERATOR_CPU_WARN = 0.8   # cores: above this the load generator may be the bottleneck
 SCHEDULE_LAG_WARN_MS = 20.0  # open loop: schedule lag p99 above this = the generator fell behind
+SATURATED_SHARE = 0.01     # a step with more of its requests rejected (503) or incomplete: saturated
 
 
 @dataclass
@@ -54,6 +56,8 @@ def validity_checks(run: Run, view: pd.DataFrame, summary: Summary) -> Validity:
                        "stability": [verdicts[x].reason if x in verdicts else "" for x in step_ids]},
                        index=pd.Index(step_ids, name="step")))
     out.notes += _stability_notes(run, verdicts, rule, label)
+    _check_saturation(view, steps_df, step_ids, out, label)
+    out.notes += fault_notes(run.config.get("faults") or [])
     _check_generator_cpu(run, out, label)
     if run.is_open_loop:
         _check_open_loop(run, steps_df, step_ids, out, label)
@@ -91,6 +95,29 @@ def _stability_notes(run: Run, verdicts: dict, rule: StabilityRule, label) -> li
                  f"with at least {rule.min_requests} successful requests. Unstable steps were "
                  + (f"extended up to {extend:g} s." if extend else "not extended (--stability-max-seconds)."))
     return lines
+
+
+def _check_saturation(view: pd.DataFrame, steps_df: pd.DataFrame, step_ids: list[int],
+                      out: Validity, label) -> None:
+    """Per step: requests rejected (503) and incomplete (no answer by the end of the run); over
+    ``SATURATED_SHARE`` of the step's requests the step is "saturated" (the service shed load)."""
+    step = assign_steps(view, steps_df)
+    rejected = (view["status"] == 503).groupby(step).sum()
+    incomplete = (view["error"] == "incomplete").groupby(step).sum()
+    total = step.groupby(step).size()
+    cols = pd.DataFrame({"rejected": rejected.reindex(step_ids, fill_value=0).astype(int).to_numpy(),
+                         "incomplete": incomplete.reindex(step_ids, fill_value=0).astype(int).to_numpy(),
+                         "sent": total.reindex(step_ids, fill_value=0).astype(int).to_numpy()},
+                        index=out.steps.index)
+    cols["saturated"] = (cols["rejected"] + cols["incomplete"]) > SATURATED_SHARE * cols["sent"]
+    out.steps = out.steps.join(cols)
+    for x, r in zip(step_ids, cols.itertuples()):
+        if r.saturated:
+            out.notes.append(
+                f"Step {x} ({label(x)}): **saturated** — {r.rejected} of {r.sent} requests rejected "
+                f"(503) and {r.incomplete} incomplete ({(r.rejected + r.incomplete) / r.sent:.1%}, "
+                f"over {SATURATED_SHARE:.0%}): the service shed or could not finish the offered "
+                "load; its latency describes the admitted requests only.")
 
 
 def _check_generator_cpu(run: Run, out: Validity, label) -> None:

@@ -73,6 +73,8 @@ class LoadConfig:
     seed: int | None = None
     locust_workers: int | None = None           # distributed sweep: Locust worker processes
     distributed_workers: int | None = None      # web UI run: workers that sent records
+    slo_ms: float | None = None                 # goodput's latency objective (None: every success)
+    drain_seconds: float | None = None          # wait for answers at the end, then "incomplete"
     extra: dict[str, Any] = field(default_factory=dict)
 
     to_dict = _to_dict
@@ -102,6 +104,7 @@ class RunConfig:
     counts: dict | None = None                  # {"requests", "spans"}
     stability_live: dict | None = None          # locust/stability.json
     open_loop: dict | None = None               # locust/openloop.json
+    faults: list[dict] | None = None            # --fault: [{"kind", "target", "at_s", "time_ns", ...}]
     spans_source: str | None = None
     spans_merged_ns: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
