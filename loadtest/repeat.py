@@ -1,6 +1,7 @@
 """Repeat a sweep N times and report every cell with its uncertainty.
 
-    python -m loadtest.repeat N --out DIR [any loadtest.sweep option ...]
+    python -m loadtest.sweep --repeat N --out DIR [any other sweep option ...]
+    python -m loadtest.repeat N --out DIR [any loadtest.sweep option ...]      (the same)
 
 Runs ``python -m loadtest.sweep`` N times into ``DIR/repeat-1 .. DIR/repeat-N`` (each a complete
 run directory with its own report), then writes ``DIR/repeats.md``: per load level and size class,
@@ -20,6 +21,24 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("n", type=int, help="how many times to run the sweep (>= 2 for a CI)")
     ap.add_argument("--out", required=True, help="directory for repeat-1..N and repeats.md")
     return ap.parse_known_args(argv)
+
+
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` less the given options (``--name VALUE`` or ``--name=VALUE``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not a.startswith(tuple(n + "=" for n in names)):
+            out.append(a)
+    return out
+
+
+def repeat_sweep(n: int, out: str, sweep_argv: list[str]) -> int:
+    """``loadtest.sweep --repeat N``: the sweep's own command line, N times."""
+    return main([str(n), "--out", out, *without_options(sweep_argv, ("--repeat", "--out"))])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,9 @@ def parse_args(argv: list[str] | None):
                     help="a fault inside the measurement (repeatable): kill-worker@20s (kill -9 "
                          "worker-0, then start it again) or restart-broker@30s (the local broker); "
                          "the sweep keeps running and records it (loadtest/faults.py)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="run the whole sweep N times into OUT/repeat-1..N and write OUT/repeats.md: "
+                         "every cell as mean and 95%% confidence interval (loadtest/repeat.py)")
     ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
     ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
     args, extra = ap.parse_known_args(argv)
@@ -338,6 +341,10 @@ def run_sweep(sweep: Sweep) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.repeat != 1:
+        from loadtest.repeat import repeat_sweep
+
+        return repeat_sweep(args.repeat, args.out, argv)
     # SIGTERM/SIGHUP like Ctrl-C; SIGINT explicitly too (it is ignored in background jobs)
     old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:

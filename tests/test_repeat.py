@@ -1,4 +1,4 @@
-"""``python -m loadtest.repeat N``: N real sweeps (the load generator's stand-in gateway of
+"""``python -m loadtest.sweep --repeat N``: N real sweeps (the load generator's stand-in gateway of
 tests/test_loadtest.py, no models) and repeats.md with mean ± 95% CI per cell."""
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ def write_manifest(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_repeat_runs_the_sweep_n_times_and_reports_the_ci(tmp_path):
+def test_sweep_repeat_runs_n_sweeps_and_reports_the_ci(tmp_path):
     manifest = write_manifest(tmp_path)
     out = tmp_path / "rep"
-    cmd = [PY, "-m", "loadtest.repeat", "2", "--out", str(out), "--users", "1", "--step-seconds",
+    cmd = [PY, "-m", "loadtest.sweep", "--repeat", "2", "--out", str(out), "--users", "1", "--step-seconds",
            "2.5", "--warmup-seconds", "0.5", "--manifest", str(manifest), "--sizes", "1MP",
            "--gateway-command", f"{shlex.quote(PY)} {shlex.quote(str(STANDIN))}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
