@@ -193,14 +193,13 @@ def test_sweep_and_locust_share_the_load_defaults(monkeypatch, tmp_path):
     for name in LoadSettings.model_fields:
         assert getattr(sweep, name) == getattr(locust, f"overhead_{name}") \
             == LoadSettings.model_fields[name].default, name
-    assert sweep.warmup_seconds == 5.0 and locust.overhead_no_components is False
+    assert sweep.warmup_seconds == 5.0
     monkeypatch.setenv("OVERHEAD_WARMUP_SECONDS", "2")
     assert parse_args(["--out", str(tmp_path)]).warmup_seconds == 2.0
     assert parse_args(["--out", str(tmp_path), "--warmup-seconds", "1"]).warmup_seconds == 1.0
     p = argparse.ArgumentParser()
     LocustSettings.add_arguments(p, prefix="overhead-", defaults=LocustSettings())
     assert p.parse_args([]).overhead_warmup_seconds == 2.0
-    assert p.parse_args(["--overhead-no-components"]).overhead_no_components is True
     unknown = parse_args(["--out", str(tmp_path), "--k", "2"]).gateway_args
     assert unknown == ["--k", "2"]                                  # still passed to the gateway
 
