@@ -1,7 +1,7 @@
 """The Locust web UI driven over its HTTP API, against the REAL gateway (seeded SSD + MobileNetV2,
 built once and cached): POST /swarm twice (two steps), POST /stop, then the run directory the
-locustfile writes for UI tests, Locust's own /stats/requests (component rows, totals that count
-only /v1/infer), and the breakdown report on the run directory."""
+locustfile writes for UI tests, Locust's own /stats/requests (totals that count only /v1/infer, no
+component rows), and the breakdown report on the run directory."""
 from __future__ import annotations
 
 import json
@@ -110,13 +110,11 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
         assert _post(web + "/stop")["success"]
         stats = _get(web + "/stats/requests")
         rows = stats["stats"]
-        comp = {r["name"]: r for r in rows if r["method"] == "component"}
-        assert {"detect-decode", "detect-inference", "classify-inference"} <= set(comp), sorted(comp)
-        assert all(r["num_requests"] > 0 and r["avg_response_time"] >= 0 for r in comp.values())
-        infer = sum(r["num_requests"] for r in rows
-                    if r["method"] != "component" and r["name"].startswith("/v1/infer"))
+        # no Server-Timing "component" rows (the Overhead tab has the breakdown)
+        assert not [r for r in rows if r["method"] == "component"]
+        infer = sum(r["num_requests"] for r in rows if r["name"].startswith("/v1/infer"))
         total = next(r for r in rows if r["name"] == "Aggregated")
-        assert infer > 5 and total["num_requests"] == infer   # components are not in the totals
+        assert infer > 5 and total["num_requests"] == infer
 
         cfg_path = run_dir / "config.json"
         cfg = _wait(lambda: json.loads(cfg_path.read_text()).get("spans_merged_ns") and
