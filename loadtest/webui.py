@@ -4,7 +4,7 @@ process gets ``DIR-2``, ...), one step per swarm, a config.json (``RunConfig``) 
 the gateway's spans of this test's requests.
 
 A Reset (Locust's "Reset stats") starts a new **segment** of the test: its time and the records
-before it go to config.json (``extra.resets``), so the report compares Locust's count (which
+before it go to config.json (``resets``), so the report compares Locust's count (which
 restarted at the Reset) with the records since the last Reset. The Locust process's CPU is sampled
 every second (``loadtest.overhead_tab``) and written like the sweep's (cpu.parquet,
 ``load_generator_cpu`` per step). Temporary files (the built corpus manifest, the live tab's
