@@ -40,7 +40,8 @@
       }
       html += "</div><div style=\"margin-left:8px\">" + r.e2e_mean_ms.toFixed(1) + " ms (" + r.requests + " requests)</div></div>";
     }
-    if (!rows.length) html += "<div>(no requests with spans yet: spans arrive ~2 s after their requests)</div>";
+    if (!rows.length && st.records > 50) html += "<div>No spans found for " + st.records + " requests: start the gateway with <code>--spans-dir D</code> and Locust with <code>--overhead-spans-dir D</code>.</div>";
+    else if (!rows.length) html += "<div>(no requests with spans yet: spans arrive ~2 s after their requests)</div>";
     html += '<div style="display:flex;flex-wrap:wrap;gap:10px;margin-top:6px">';
     for (const name of Object.keys(color)) {
       html += '<span><span style="display:inline-block;width:12px;height:12px;background:' + colorOf(name) + '"></span> ' + esc(name) + "</span>";
