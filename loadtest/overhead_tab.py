@@ -183,7 +183,8 @@ def status(state: LoadState) -> dict:
     return {"run_dir": str(run.path.resolve()) if run is not None else None,
             "running": state.ui_test is not None, "records": len(state.records),
             "error": live.error, "validity": validity(state),
-            "refreshed_s_ago": round(time.monotonic() - live.computed_at, 1) if live.computed_at else None}
+            "refreshed_s_ago": round(time.monotonic() - live.computed_at, 1) if live.computed_at else None,
+            "analysis_s": round(live.compute_s, 3)}
 
 
 def table_rows() -> list[dict]:
