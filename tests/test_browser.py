@@ -137,7 +137,7 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
 
             def tab_numbers():
                 rows = page.evaluate("fetch('/overhead/breakdown.json').then(r => r.json())")
-                return rows if rows and all(r["requests"] >= 5 for r in rows) else None
+                return rows if rows and all(r["requests"] >= 20 for r in rows) else None
 
             rows = _wait(tab_numbers, 90, "the Overhead tab's breakdown", log)
             _wait(lambda: panel.locator(".overhead-bar div").count() >= 3, 20, "the stacked bars", log)

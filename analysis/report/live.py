@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,22 @@ from analysis.report.views import attribute_both
 from overhead.contract.records import Span, arrow_schema, field_names
 
 
+_PARTS: dict[str, tuple[float, pa.Table]] = {}   # path -> (mtime, table): a part is read once
+
+
+def _read_part(part: Path) -> pa.Table | None:
+    try:
+        mtime = part.stat().st_mtime
+        hit = _PARTS.get(str(part))
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        t = pq.read_table(part).select(list(field_names(Span)))
+    except Exception:
+        return None
+    _PARTS[str(part)] = (mtime, t)
+    return t
+
+
 def read_live_spans(sources: list[str], request_ids: list[str]) -> pd.DataFrame:
     """The spans of ``request_ids`` found in ``sources`` (files or directories of parts); a part
     being written right now is skipped (it is read at the next refresh)."""
@@ -42,9 +59,8 @@ def read_live_spans(sources: list[str], request_ids: list[str]) -> pd.DataFrame:
         p = Path(src)
         parts = sorted(p.glob("*.parquet")) if p.is_dir() else [p] if p.is_file() else []
         for part in parts:
-            try:
-                t = pq.read_table(part).select(list(field_names(Span)))
-            except Exception:
+            t = _read_part(part)
+            if t is None:
                 continue
             t = t.filter(pc.is_in(t["request_id"], value_set=ids))
             if t.num_rows:
@@ -89,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve"]:
         for line in sys.stdin:
             try:
+                t0 = time.perf_counter()
                 answer = {"ok": compute(json.loads(line))}
+                answer["seconds"] = round(time.perf_counter() - t0, 3)
             except Exception as exc:   # a bad snapshot must not end the server
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
             sys.stdout.write(json.dumps(answer) + "\n")
