@@ -128,6 +128,10 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
             warm = page.locator("input[name='overheadWarmupSeconds']")
             assert warm.count() == 1 and float(warm.input_value()) == 0
             assert page.locator("[name='overheadStabilityWindow']").count() == 1
+            from overhead.config import LocustSettings
+            html = page.content()     # every option is offered (Locust's templateArgs extra_options)
+            missing = [n for n in LocustSettings.model_fields if f'"overhead_{n}"' not in html]
+            assert not missing, missing
             page.locator("input[name='userCount']").fill("2")
             page.locator("input[name='spawnRate']").fill("2")
             _shot(page, tmp_path, "01-start-form.png")

@@ -215,3 +215,21 @@ def test_empty_env_is_unset_and_a_misspelt_option_is_an_error(monkeypatch):
         GatewaySettings()
     with pytest.raises(ValidationError):
         GatewaySettings(kk=2)
+
+
+def test_locustfile_help_lists_every_overhead_option():
+    """Locust prints ``--help`` before importing a locustfile (locustio/locust#2917), so the
+    locustfile prints Locust's help with its options when run as a script."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from overhead.config import LocustSettings
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(repo / "loadtest" / "locustfile.py"), "--help"],
+                         capture_output=True, text=True, timeout=60, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in LocustSettings.model_fields:
+        assert f"--overhead-{name.replace('_', '-')}" in out.stdout, name
+    assert "--users" in out.stdout        # Locust's own options too
