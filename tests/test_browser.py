@@ -157,7 +157,8 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
             assert status["run_dir"] == str(run_dir.resolve())
             assert panel.locator("#overhead-run-dir").inner_text() == str(run_dir.resolve())
             assert status["validity"]["step"]["users"] == 2
-            assert page.locator("table").inner_text().count("request (mean)") == len(rows)
+            _wait(lambda: page.locator("table").inner_text().count("request (mean)") == len(rows), 20,
+                  "the tab's table (refreshed with Locust's stats poll)", log)
             # Statistics: no "component" rows with integer-ms percentiles any more
             stats = page.evaluate("fetch('/stats/requests').then(r => r.json())")
             assert not [s for s in stats["stats"] if s["method"] == "component"]
