@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@bash scripts/ensure_servers.sh $(BIN)/python
+	@bash scripts/ensure_browser.sh $(BIN)/python
 	@bash scripts/ensure_triton.sh $(BIN)/python
 	@bash scripts/ensure_compose.sh
 	@bash scripts/ensure_kubectl.sh

@@ -113,7 +113,7 @@ def run_step(host_port: int, server_pid: int, users: int, seconds: float, warmup
            "--host", f"http://127.0.0.1:{host_port}", "--only-summary", "--loglevel", "WARNING",
            "--overhead-run-dir", str(run_dir), "--overhead-manifest", str(manifest),
            "--overhead-steps", f"{users}:{seconds:g}", "--overhead-step-seconds", f"{seconds:g}",
-           "--overhead-warmup-seconds", f"{warmup:g}", "--overhead-no-components"]
+           "--overhead-warmup-seconds", f"{warmup:g}"]
     proc = ManagedProcess("locust", cmd, run_dir / "locust.log").spawn()
     lp, sp = psutil.Process(proc.pid), psutil.Process(server_pid)
     samples = []

@@ -39,11 +39,10 @@ default 0), config.json (host, swarms, the gateway's ``/v1/config``), corpus.jso
 (``--overhead-spans-dir DIR``: the gateway's ``--spans-dir``; parts already in RUN_DIR/spans are
 merged too). Without a manifest the cached corpus is built in a subprocess.
 
-Components: each 200 answer's ``Server-Timing`` entries (``detect-decode``, ``classify-inference``,
-...) are logged as Locust stats entries of type ``component`` (response time = the duration), so
-the UI shows them as rows. They are written straight into their entries, never into Locust's
-total: the ``Aggregated`` row and every total count only ``/v1/infer`` requests
-(``--overhead-no-components`` turns this off).
+Overhead tab (web UI): the run's headline breakdown per size class, live, with the report's
+critical-path attribution (``loadtest/overhead_tab.py``). Server-Timing components are not
+Locust stats rows: Locust's integer-ms buckets cannot show sub-millisecond times, and
+Server-Timing sums every crop's spans, so such rows could not add up to the request.
 
 Distributed (``--master`` + ``--worker`` processes): each worker keeps its records and sends them
 to the master (``overhead_records`` messages, in chunks) when its test stops, before Locust's
@@ -94,11 +93,15 @@ state = LoadState()   # everything this process keeps between events
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser):
     """``--overhead-*``: ``LocustSettings`` (overhead/config.py), generated; the load options have
-    the sweep's defaults, and ``OVERHEAD_<NAME>`` sets each (the command line wins)."""
+    the sweep's defaults, and ``OVERHEAD_<NAME>`` sets each (the command line wins). On the parser
+    itself, not an argument group: Locust's web UI lists only those (its advanced options,
+    ``include_in_web_ui``; locustio/locust#2560). Locust prints ``--help`` before it imports a
+    locustfile (locustio/locust#2917), so ``python loadtest/locustfile.py --help`` prints Locust's
+    help with these options."""
     from overhead.config import LocustSettings
 
-    LocustSettings.add_arguments(parser.add_argument_group("Overhead"), prefix="overhead-",
-                                 defaults=LocustSettings())
+    LocustSettings.add_arguments(parser, prefix="overhead-", defaults=LocustSettings(),
+                                 include_in_web_ui=True)
 
 
 def load_manifest(path: str | os.PathLike, sizes: str = "") -> list[CorpusImage]:
@@ -133,7 +136,6 @@ def _on_init(environment, **kw):
     opts = environment.parsed_options
     if opts is None:
         return
-    state.components = not opts.overhead_no_components
     records.register_messages(state, environment.runner)
     ui = webui.ui_mode(environment)
     if ui and not opts.overhead_steps:
@@ -269,8 +271,6 @@ class InferUser(FastHttpUser):
             request_id=rid, user=p.user, image=img.name, size_class=img.size_class,
             bytes=len(img.data), intended_ns=p.intended_ns, send_ns=p.send_ns, recv_ns=recv_ns,
             status=status, error=error, server_timing=timing, k=k))
-        if error is None and state.components and timing:
-            log_components(self.environment.stats, timing)
         if error is None:
             resp.success()
         else:
@@ -297,21 +297,6 @@ def _outcome(resp, status: int, rid: str) -> tuple[str | None, int]:
     except Exception as exc:  # a bad body is a failed request, not a crashed user
         error = f"bad response body: {type(exc).__name__}: {exc}"
     return error, k
-
-
-def log_components(stats, timing: str) -> None:
-    """``detect-decode;dur=1.234, ...`` -> one sample per entry in the ``component`` stats entry of
-    that name. Logged into the entries directly (``StatsEntry.log``), not through
-    ``events.request``: Locust's total (the Aggregated row) then counts only /v1/infer requests."""
-    for part in timing.split(","):
-        name, _, rest = part.strip().partition(";")
-        if not name or name == "total" or not rest.startswith("dur="):
-            continue
-        try:
-            ms = float(rest[4:].split(";", 1)[0])
-        except ValueError:
-            continue
-        stats.get(name, "component").log(ms, 0)
 
 
 def _error_text(resp) -> str:
@@ -391,3 +376,9 @@ def _on_quit(**_):
         gevent.joinall(state.late, timeout=webui.SPAN_FLUSH_WAIT_S + 5)
         return
     _write_all(environment)
+
+
+if __name__ == "__main__":   # Locust's --help with the --overhead-* options (see _add_arguments)
+    from locust.argument_parser import get_parser
+
+    get_parser().parse_args()

@@ -48,6 +48,7 @@ class UITest:
     gateway: dict                              # the gateway's GET /v1/config (or an error)
     swarms: list[dict] = field(default_factory=list)   # users, spawn_rate, start_ns, end_ns
     stopped_ns: int | None = None
+    resets: list[dict] = field(default_factory=list)   # Reset stats: time_ns, records_before
 
 
 @dataclass
@@ -72,7 +73,6 @@ class LoadState:
     open_stats: dict[int, dict] = field(default_factory=dict)  # step -> rate, scheduled, slot_waits
     rule: StabilityRule = field(default_factory=StabilityRule)
     extend_up_to_s: float | None = None               # steps held until stable, up to this long
-    components: bool = True                           # Server-Timing entries as "component" stats
     ui_test: UITest | None = None                     # web UI: the test in progress
     ui_tests: int = 0                                 # web UI: tests started in this process
     late: list = field(default_factory=list)          # web UI: greenlets merging late spans

@@ -3,11 +3,19 @@ its own run directory (``--overhead-run-dir``, else ``runs/ui-<time>``; a second
 process gets ``DIR-2``, ...), one step per swarm, a config.json (``RunConfig``) saying what ran, and
 the gateway's spans of this test's requests.
 
+A Reset (Locust's "Reset stats") starts a new **segment** of the test: its time and the records
+before it go to config.json (``resets``), so the report compares Locust's count (which
+restarted at the Reset) with the records since the last Reset. The Locust process's CPU is sampled
+every second (``loadtest.overhead_tab``) and written like the sweep's (cpu.parquet,
+``load_generator_cpu`` per step). Temporary files (the built corpus manifest, the live tab's
+snapshot) are removed at exit.
+
 Every function takes the process's ``LoadState``.
 """
 from __future__ import annotations
 
 import dataclasses
+import atexit
 import json
 import logging
 import os
@@ -21,6 +29,8 @@ from pathlib import Path
 import gevent
 from locust.runners import WorkerRunner
 
+from loadtest import overhead_tab
+from loadtest.cpu import write_cpu_tables
 from loadtest.state import LoadState, UITest
 from overhead.contract.records import Span, StepRecord, arrow_schema, field_names
 from overhead.contract.runconfig import (
@@ -50,6 +60,7 @@ def default_manifest(sizes: str = "") -> str:
             "d = Path(tempfile.mkdtemp()); corpus_manifest(RunDir(d), [s for s in sys.argv[2].split(',') if s], None); "
             "shutil.move(str(d / 'corpus.json'), sys.argv[1])")
     log.info("overhead: no corpus manifest given; building the cached corpus into %s", out)
+    atexit.register(out.unlink, missing_ok=True)
     subprocess.run([sys.executable, "-c", code, str(out), sizes], cwd=str(REPO), check=True,
                    timeout=600)
     return str(out)
@@ -73,6 +84,17 @@ def install_swarm_hook(state: LoadState, web_ui) -> None:
         return response
 
     web_ui.app.after_request(after_request)
+    overhead_tab.install(state, web_ui)
+    atexit.register(overhead_tab.close)
+    state.env.events.reset_stats.add_listener(lambda **_: reset(state))
+
+
+def reset(state: LoadState) -> None:
+    """Locust's "Reset stats": a new segment of the test in progress (see the module doc)."""
+    test = state.ui_test
+    if test is not None:
+        test.resets.append({"time_ns": time.time_ns(), "records_before": len(state.records)})
+        log.info("overhead: stats reset; segment %d of %s starts", len(test.resets) + 1, test.run.path)
 
 
 def _run_path(state: LoadState, opts) -> Path:
@@ -109,7 +131,8 @@ def ui_swarm(state: LoadState, environment, users: int, spawn_rate: float) -> No
         state.reset_records()
         test = state.ui_test = UITest(run=run, started_ns=now, host=environment.host,
                                       gateway=_gateway_config(environment.host))
-        log.info("overhead: web UI test %d records to %s", state.ui_tests, run.path)
+        overhead_tab.reset_snapshot()
+        log.info("overhead: web UI test %d records to %s", state.ui_tests, run.path.resolve())
     if test.swarms:
         test.swarms[-1]["end_ns"] = now
     test.swarms.append({"users": users, "spawn_rate": spawn_rate, "start_ns": now, "end_ns": None})
@@ -122,8 +145,9 @@ def stop_test(state: LoadState, environment, write) -> None:
         return
     test.stopped_ns = time.time_ns()
     write()
-    log.info("overhead: %d records written to %s", len(state.records), test.run.path)
+    log.info("overhead: %d records written to %s", len(state.records), test.run.path.resolve())
     state.ui_test = None
+    state.last_ui_run = test.run   # the Overhead tab keeps showing it
     spans_dir = getattr(environment.parsed_options, "overhead_spans_dir", "")
     state.late.append(gevent.spawn_later(SPAN_FLUSH_WAIT_S, _late_spans, test.run, spans_dir,
                                          [r.request_id for r in state.records]))
@@ -162,6 +186,9 @@ def write_ui_run(state: LoadState, environment, run: RunDir) -> None:
         d["bytes"] += len(img.data)
     spans_dir = getattr(opts, "overhead_spans_dir", "") or None
     spans = merge_ui_spans(state, run, spans_dir or "")
+    step_rows = [dataclasses.asdict(st) for st in steps]
+    generator_cpu, _ = write_cpu_tables(run, overhead_tab.cpu_samples(test.started_ns - int(2e9)),
+                                        [], step_rows)
     config = RunConfig(
         run=RunInfo(started=_iso(test.started_ns), finished=_iso(end),
                     status="complete" if test.stopped_ns else "running", mode="locust web UI",
@@ -172,7 +199,9 @@ def write_ui_run(state: LoadState, environment, run: RunDir) -> None:
                         warmup_seconds=warmup_ns / 1e9, sizes=state.size_classes(),
                         distributed_workers=len(state.by_worker) or None),
         swarms=[dict(sw) for sw in test.swarms],
-        steps=[dataclasses.asdict(st) for st in steps],
+        steps=step_rows,
+        load_generator_cpu=generator_cpu or None,
+        extra={"resets": list(test.resets)} if test.resets else {},
         gateway=test.gateway,
         corpus={"images": len(state.images), "by_size": {
             s: {"count": d["count"], "mean_bytes": d["bytes"] / d["count"]} for s, d in corpus.items()}},

@@ -10,7 +10,7 @@ for Locust), ``choices`` from ``Literal`` types, booleans as ``--name/--no-name`
       GatewaySettings   ``python -m pipelines.gateway``: all of it plus the gateway's own options
       WorkerSettings    ``python -m pipelines.worker``: the subset above plus its consumer name/group
     LoadSettings        the load options the sweep and the Locust file share (same defaults)
-      LocustSettings    plus the Locust file's own (run directory, steps, spans, components)
+      LocustSettings    plus the Locust file's own (run directory, steps, spans)
 
 This module is at the bottom of the house: it imports nothing from the project.
 """
@@ -53,10 +53,13 @@ class Options(BaseSettings):
         return ENV_PREFIX + name.upper()
 
     @classmethod
-    def add_arguments(cls, parser, prefix: str = "", defaults: "Options | None" = None) -> None:
+    def add_arguments(cls, parser, prefix: str = "", defaults: "Options | None" = None,
+                      **extra) -> None:
         """One flag per field on ``parser`` (or an argument group). Without ``defaults`` an option
         not given is left out of the namespace (``from_namespace`` then takes the environment or
-        the field default); with ``defaults`` (a settings object) its values are the defaults."""
+        the field default); with ``defaults`` (a settings object) its values are the defaults.
+        ``extra``: more keyword arguments for every ``add_argument`` (e.g. Locust's
+        ``include_in_web_ui=True``)."""
         for name, f in cls.model_fields.items():
             flag = f"--{prefix}{name.replace('_', '-')}"
             kw: dict[str, Any] = {"dest": (prefix + name).replace("-", "_"),
@@ -72,7 +75,7 @@ class Options(BaseSettings):
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw.update(type=typ, choices=choices, metavar=None if choices else name.upper())
-            parser.add_argument(flag, *cls.flag_aliases.get(name, ()), **kw)
+            parser.add_argument(flag, *cls.flag_aliases.get(name, ()), **kw, **extra)
 
     @classmethod
     def parser(cls, prog: str | None = None, description: str | None = None,
@@ -256,8 +259,6 @@ class LocustSettings(LoadSettings):
                        "(users[:seconds]); web UI without it: the UI's user count applies")
     spans_dir: str = Field("", description="web UI runs: the gateway's --spans-dir; its spans of "
                            "this run's requests are merged into RUN_DIR/spans.parquet")
-    no_components: bool = Field(False, description="do not show Server-Timing components as "
-                                "'component' stats entries")
 
 
 SETTINGS_CLASSES = (GatewaySettings, WorkerSettings, LoadSettings, LocustSettings)

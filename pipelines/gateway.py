@@ -1,7 +1,8 @@
 """The HTTP gateway (FastAPI + uvicorn): upload -> validate -> two-stage pipeline -> JSON.
 
 Endpoints
-  ``POST /v1/infer``  body = image bytes (JPEG or PNG); optional ``X-Request-ID`` (minted if absent,
+  ``POST /v1/infer``  body = image bytes (JPEG or PNG), or a multipart/form-data form with the image
+                      as its file part (``curl -F file=@photo.jpg``); optional ``X-Request-ID`` (minted if absent,
                       always echoed). 200 ``{request_id, width, height, k, detections}`` with a
                       ``Server-Timing`` header; errors are JSON ``{"error": code, "message": ...}``:
                       400/413/415/422 bad upload, 503 not ready / broker full (``Retry-After``),
@@ -55,6 +56,7 @@ from pipelines.admission import Admission, AdmissionMiddleware, MemoryReleaser, 
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
 from pipelines.spans import SpanFlusher, SpanRecorder, now_ns
+from pipelines.uploads import FormError, image_bytes
 
 log = logging.getLogger("overhead.gateway")
 
@@ -328,6 +330,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         data = b"".join(chunks)
         t1 = now_ns()
         gw.recorder.record(rid, "gateway", "transfer", t0, t1, {"bytes": got})
+        try:
+            data = await image_bytes(request.headers, data)
+        except FormError as exc:
+            return _error(400, "bad_form", str(exc), rid)
         try:
             probe = inspect_image(data, cap, settings.max_pixels)
             result, queued_ns = await asyncio.get_running_loop().run_in_executor(

@@ -193,14 +193,13 @@ def test_sweep_and_locust_share_the_load_defaults(monkeypatch, tmp_path):
     for name in LoadSettings.model_fields:
         assert getattr(sweep, name) == getattr(locust, f"overhead_{name}") \
             == LoadSettings.model_fields[name].default, name
-    assert sweep.warmup_seconds == 5.0 and locust.overhead_no_components is False
+    assert sweep.warmup_seconds == 5.0
     monkeypatch.setenv("OVERHEAD_WARMUP_SECONDS", "2")
     assert parse_args(["--out", str(tmp_path)]).warmup_seconds == 2.0
     assert parse_args(["--out", str(tmp_path), "--warmup-seconds", "1"]).warmup_seconds == 1.0
     p = argparse.ArgumentParser()
     LocustSettings.add_arguments(p, prefix="overhead-", defaults=LocustSettings())
     assert p.parse_args([]).overhead_warmup_seconds == 2.0
-    assert p.parse_args(["--overhead-no-components"]).overhead_no_components is True
     unknown = parse_args(["--out", str(tmp_path), "--k", "2"]).gateway_args
     assert unknown == ["--k", "2"]                                  # still passed to the gateway
 
@@ -216,3 +215,21 @@ def test_empty_env_is_unset_and_a_misspelt_option_is_an_error(monkeypatch):
         GatewaySettings()
     with pytest.raises(ValidationError):
         GatewaySettings(kk=2)
+
+
+def test_locustfile_help_lists_every_overhead_option():
+    """Locust prints ``--help`` before importing a locustfile (locustio/locust#2917), so the
+    locustfile prints Locust's help with its options when run as a script."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from overhead.config import LocustSettings
+
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(repo / "loadtest" / "locustfile.py"), "--help"],
+                         capture_output=True, text=True, timeout=60, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in LocustSettings.model_fields:
+        assert f"--overhead-{name.replace('_', '-')}" in out.stdout, name
+    assert "--users" in out.stdout        # Locust's own options too

@@ -30,13 +30,13 @@ def test_sweep_with_two_locust_workers(tmp_path):
     config = json.loads((out / "config.json").read_text())
     final = config["locust"]["final"]
     req = pd.read_parquet(out / "requests.parquet")
-    # the master's final counters (components excluded from the total) == merged records
+    # the master's final counters == merged records
     assert len(req) == final["requests"] == final["infer_requests"] > 10
     assert len(final["records_by_worker"]) == 2 and all(v > 0 for v in final["records_by_worker"].values())
     assert sum(final["records_by_worker"].values()) == len(req)
     assert req["request_id"].is_unique and (req["status"] == 200).all()
     assert req["user"].nunique() >= 4                      # users of both workers, ids distinct
-    assert any(k.startswith("component ") for k in final["by_name"])   # component rows on the master
+    assert not any(k.startswith("component ") for k in final["by_name"])   # no component rows (issue 15)
     assert config["locust"]["worker_exit_codes"] == [0, 0]
     steps = pd.read_parquet(out / "steps.parquet")
     assert list(steps["users"]) == [2, 4]

@@ -133,6 +133,23 @@ def test_good_request_returns_labelled_detections_and_server_timing(client, phot
     assert len(rid) == 32 and r.headers["x-request-id"] == rid
 
 
+def test_a_multipart_form_upload_is_accepted_like_the_raw_body(client, photos):
+    """``curl -F file=@photo.jpg``: the form's file part is the image; a form without one is 400."""
+    raw = _check_good(client.post("/v1/infer", content=photos["1MP"], headers={"X-Request-ID": "raw-1"}),
+                      "raw-1")
+    r = client.post("/v1/infer", files={"file": ("photo.jpg", photos["1MP"], "image/jpeg")},
+                    data={"note": "a field too"}, headers={"X-Request-ID": "form-1"})
+    form = _check_good(r, "form-1")
+    assert (form["width"], form["height"], form["k"]) == (raw["width"], raw["height"], raw["k"])
+    assert [d["box"] for d in form["detections"]] == [d["box"] for d in raw["detections"]]
+    r = client.post("/v1/infer", data={"file": "not a file"}, files={"other": ("x.txt", b"")},
+                    headers={"X-Request-ID": "form-2"})
+    assert r.status_code in (400, 415), r.text    # an empty file part is not an image
+    r = client.post("/v1/infer", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_form", r.text
+    _check_good(client.post("/v1/infer", content=photos["1MP"]))       # still serving
+
+
 def test_every_bad_input_gets_its_4xx_json_and_the_service_keeps_serving(client, photos):
     for name, (data, status, code) in _bad_inputs(photos["1MP"]).items():
         r = client.post("/v1/infer", content=data, headers={"X-Request-ID": f"bad-{name}"})

@@ -168,7 +168,10 @@ def _counts(run: Run) -> str:
     msg = (f"Records in requests.parquet: {cc['records']} ({cc['record_errors']} failed); "
            f"Locust's final count: {na(cc['locust_final'])} ({na(cc['locust_final_failures'])} failed); "
            f"Locust's _stats.csv: {na(cc['locust_stats_csv'])}.")
-    if cc["locust_final"] is not None and cc["locust_final"] != cc["records"]:
+    if cc["resets"]:
+        msg += (f" Locust's stats were reset {cc['resets']}× in the web UI (a new segment each time): "
+                f"its count covers the last segment, {cc['comparable']} of our records.")
+    if cc["locust_final"] is not None and cc["locust_final"] != cc["comparable"]:
         msg += " MISMATCH between our records and Locust's count."
     return msg
 

@@ -75,9 +75,13 @@ def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[p
 
 
 def count_check(run: Run) -> dict:
-    """Our records against Locust's own counts."""
+    """Our records against Locust's own counts. After a web UI Reset (config.json ``resets``)
+    Locust counts from the last Reset on: ``comparable`` is then our records after it."""
     final = run.locust_final or {}
-    return dict(records=len(run.requests), locust_final=final.get("requests"),
+    resets = run.config.get("resets") or []
+    before = int(resets[-1]["records_before"]) if resets else 0
+    return dict(records=len(run.requests), resets=len(resets), comparable=len(run.requests) - before,
+                locust_final=final.get("requests"),
                 locust_final_failures=final.get("failures"),
                 locust_stats_csv=(run.locust_stats_csv or {}).get("requests"),
                 record_errors=int(((run.requests["status"] != 200) | run.requests["error"].notna()).sum()))

@@ -68,6 +68,22 @@ def closure_error(attr: pd.DataFrame) -> float:
     return (attr[[c for c in attr.columns if c != E2E]].sum(axis=1) - attr[E2E]).abs().max()
 
 
+TRACE_NAME, TRACE_SLOWEST = "trace_slowest.json", 30
+
+
+def _slowest_trace(run_dir: Path) -> dict | None:
+    """Write the Perfetto timeline of the slowest requests next to the report (a report without
+    it still renders)."""
+    from analysis.trace_export import build_trace
+
+    try:
+        trace = build_trace(run_dir, TRACE_SLOWEST)
+    except Exception:
+        return None
+    (Path(run_dir) / TRACE_NAME).write_text(json.dumps(trace, separators=(",", ":"), default=str))
+    return {"name": TRACE_NAME, "requests": trace["otherData"]["requests"]}
+
+
 def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], validity: list[str],
             steps: pd.DataFrame, plots: list[Path], work: Summary | None = None) -> dict:
     """Everything both templates show; ``steps``: ``tables.step_view``."""
@@ -76,6 +92,8 @@ def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], va
         title=f"Overhead breakdown — {run.path.name}", validity=validity, notes=notes,
         what_ran=tables.what_ran(run.config, run), closure=closure_error(attr),
         main_table=tables.main_table(summary, with_p50=True, steps=steps),
+        headline_table=tables.headline_table(summary, steps=steps),
+        trace=_slowest_trace(run.path),
         stage_table=tables.stage_table(summary), steps_table=tables.steps_table(summary, run, steps),
         work_table=tables.main_table(work, with_p50=False) if work is not None else None,
         plots=[Figure(p) for p in plots], serving=serving,

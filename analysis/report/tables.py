@@ -3,6 +3,7 @@ and the "what ran" items read from config.json."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 
@@ -14,7 +15,19 @@ from analysis.report.summary import Summary, size_sort_key
 Table = tuple[list[str], list[list[str]]]
 MAIN_FIXED = 9   # main-table columns before the components
 GATEWAY_SKIP = {"host", "port", "spans_dir", "log_level", "access_log", "pid", "started_ns", "ready",
-                "git_rev", "models_dir"}
+                "git_rev", "models_dir", "calibration_crop_sleep_ms"}
+GATEWAY_WORDS = {   # a setting in words ({v}: its value); others read "name value"
+    "broker": "broker {v}", "classifier": "classifier {v}", "detector": "detector {v}",
+    "backend": "inference backend {v}", "k": "{v} crops classified per image",
+    "workers": "{v} classifier worker thread(s) in the gateway", "threads": "{v} request threads",
+    "intra_op_threads": "{v} ONNX Runtime thread(s) per model", "max_batch": "batches of up to {v}",
+    "max_delay_ms": "batch wait up to {v} ms", "worker_batch": "classifier batches of up to {v}",
+    "reduced": "reduced-size JPEG decode {v}", "score_threshold": "detections kept from score {v}",
+    "iou_threshold": "NMS IoU {v}", "max_upload_mb": "uploads up to {v} MiB",
+    "max_pixels": "images up to {v} pixels", "result_timeout_s": "results awaited up to {v} s",
+    "publish_timeout_s": "broker room awaited up to {v} s", "spans": "span recording {v}",
+    "triton_url": "Triton at {v}", "tfserving_url": "TF Serving at {v}",
+}
 
 
 def main_table(summary: Summary, with_p50: bool, steps: pd.DataFrame | None = None) -> Table:
@@ -36,6 +49,30 @@ def main_table(summary: Summary, with_p50: bool, steps: pd.DataFrame | None = No
             row.append(f"{fmt_ms(r[f'{c}_mean_ms'])}{p50} ({fmt_pct(r[f'{c}_share'])})")
         rows.append(row)
     return head, rows
+
+
+def headline_table(summary: Summary, steps: pd.DataFrame | None = None, top: int = 5) -> Table:
+    """The main table narrowed to a laptop screen: the ``top`` components with the largest mean
+    share over the run, ``other``, and the rest summed in one column (the full table is folded
+    below it in report.html). Cells: mean ms (share of mean end-to-end)."""
+    head, rows = main_table(summary, with_p50=False, steps=steps)
+    comps = list(summary.components)
+    if len(comps) <= top + 2:
+        return head, rows
+    main = summary.main
+    share = {c: float(main[f"{c}_share"].fillna(0).mean()) for c in comps}
+    keep = set(sorted((c for c in comps if c != "other"), key=share.get, reverse=True)[:top])
+    keep |= {"other"} & set(comps)
+    idx = [i for i, c in enumerate(comps) if c in keep]
+    rest = [c for c in comps if c not in keep]
+    head = head[:MAIN_FIXED] + [head[MAIN_FIXED + i] for i in idx] + [f"rest ({len(rest)}) ms"]
+    out = []
+    for r, row in zip(main.to_dict("records"), rows):
+        ms = sum(float(r[f"{c}_mean_ms"] or 0) for c in rest)
+        e2e = float(r["e2e_mean_ms"] or 0)
+        out.append(row[:MAIN_FIXED] + [row[MAIN_FIXED + i] for i in idx]
+                   + [f"{fmt_ms(ms)} ({fmt_pct(ms / e2e if e2e else None)})"])
+    return head, out
 
 
 def stage_table(summary: Summary) -> Table:
@@ -144,14 +181,33 @@ def _load_items(load: dict) -> list[tuple[str, str]]:
                      f"sizes {', '.join(load.get('sizes') or []) or 'all'}")]
 
 
+def _plain(k: str, v) -> str | None:
+    """One gateway setting in words (``None``: not worth a line)."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool) and k in GATEWAY_WORDS:
+        v = "on" if v else "off"
+    if k in GATEWAY_WORDS:
+        return GATEWAY_WORDS[k].format(v=v)
+    if isinstance(v, bool):
+        return f"{k.replace('_', ' ')} {'on' if v else 'off'}"
+    return f"{k.replace('_', ' ')} {v}"
+
+
 def _gateway_items(gw: dict) -> list[tuple[str, str]]:
     if not gw:
         return []
     settings = gw.get("settings") if isinstance(gw.get("settings"), dict) else gw
-    flat = [f"{k}={v}" for k, v in settings.items()
-            if k not in GATEWAY_SKIP and not isinstance(v, (dict, list))]
+    unused = {"triton_url", "tfserving_url"} - {f"{settings.get('backend')}_url"}
     if isinstance(gw.get("preprocessor"), str):
-        flat.append(f"preprocessor object {gw['preprocessor']}")
+        unused |= {"preprocessor", "reduced"}     # said in words below
+    flat = [t for k, v in settings.items()
+            if k not in GATEWAY_SKIP | unused and not isinstance(v, (dict, list))
+            and (t := _plain(k, v))]
+    if isinstance(gw.get("preprocessor"), str):   # e.g. "OpenCVPreprocessor(reduced='auto')"
+        m = re.fullmatch(r"(\w+?)Preprocessor\((.*)\)", gw["preprocessor"])
+        flat.append("preprocessing with " + (f"{m[1]} ({m[2].replace(chr(39), '')})" if m
+                                              else gw["preprocessor"]))
     items = [("gateway", "; ".join(flat) or json.dumps(gw)[:500])]
     models = gw.get("models")
     if isinstance(models, dict):
