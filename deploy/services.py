@@ -15,6 +15,7 @@ published ports bind 127.0.0.1 on the host only.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -90,7 +91,7 @@ LOCAL_PORTS = {"gateway": 8000, "triton-http": 8010, "triton-grpc": 8011,
 
 # The gateway's in-container URLs for each profile (compose service names are the host names).
 BROKER_URLS = {"redis": "redis://redis:6379/0", "kafka": "kafka://kafka:9092"}
-SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "grpc://tfserving:8500"}
+SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "http://tfserving:8501"}
 
 
 def port(service: str, role: str | None = None) -> int:
@@ -137,7 +138,8 @@ def check_compose(path=COMPOSE_FILE) -> list[str]:
         c = services.get(name)
         if c is None:
             continue
-        if c.get("image") != s.image:
+        image = re.sub(r"^\$\{[A-Z0-9_]+:-(.+)\}$", r"\1", str(c.get("image")))   # ${VAR:-default}
+        if image != s.image:
             errs.append(f"{name}: image {c.get('image')!r} != {s.image!r}")
         if tuple(c.get("profiles") or ()) != s.profiles:
             errs.append(f"{name}: profiles {c.get('profiles')} != {list(s.profiles)}")
@@ -212,7 +214,7 @@ def wait_targets(env=os.environ) -> list[str]:
         out.append(f"http://{u.hostname}:{port('triton', 'http')}/v2/health/ready")
     elif backend == "tfserving":
         u = urlsplit(env.get("OVERHEAD_TFSERVING_URL") or SERVER_URLS["tfserving"])
-        out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'grpc')}")
+        out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'rest')}")
     return out
 
 
@@ -235,9 +237,11 @@ def build_models(out: str = MODELS_MOUNT) -> int:
     flavour) and, when the TF Serving generator is installed, its config files."""
     py = sys.executable
     cache = f"{out}/cache"
+    flavour = os.environ.get("OVERHEAD_TRITON_FLAVOUR") or "onnxruntime"   # python: stand-in server
+    kind = os.environ.get("OVERHEAD_TRITON_INSTANCE_KIND") or "KIND_CPU"
     steps = [[py, "-m", "pipelines.models", "build", *MODELS, "--savedmodel", "--models-dir", cache],
              [py, "-m", "deploy.triton.repository", "--out", f"{out}/triton", "--models",
-              ",".join(MODELS), "--flavour", "onnxruntime", "--models-dir", cache]]
+              ",".join(MODELS), "--flavour", flavour, "--instance-kind", kind, "--models-dir", cache]]
     import importlib.util
 
     if importlib.util.find_spec("deploy.tfserving.config") is not None:
