@@ -123,7 +123,7 @@ def _container_port(spec) -> tuple[str | None, int]:
     if isinstance(spec, dict):
         return spec.get("host_ip"), int(spec["target"])
     parts = str(spec).split("/")[0].split(":")
-    return (parts[0] if len(parts) == 3 else None), int(parts[-1])
+    return (parts[0] if len(parts) >= 3 else None), int(parts[-1])   # 127.0.0.1:${VAR:-P}:P too
 
 
 def check_compose(path=COMPOSE_FILE) -> list[str]:
