@@ -226,14 +226,44 @@ def sweep_with_worker_kill(p: Project, args) -> dict:
     if proc.poll() is not None:
         raise RuntimeError(f"the sweep ended before the kill: {(p.workdir / 'sweep.log').read_text()[-3000:]}")
     sh("docker", "kill", victim)
-    log(f"  docker kill worker {victim[:12]} at +{args.kill_after:g} s of the sweep")
+    at_kill = redis_pending(p) if p.broker == "redis" else {}
+    log(f"  docker kill worker {victim[:12]} at +{args.kill_after:g} s of the sweep"
+        + (f"; crops pending per Redis consumer: {at_kill}" if at_kill else ""))
     rc = proc.wait(timeout=900)
     logf.close()
     if rc:
         raise RuntimeError(f"sweep failed (rc {rc}): {(p.workdir / 'sweep.log').read_text()[-3000:]}")
     alive = p.containers("worker")
     assert victim[:12] not in [c[:12] for c in alive] and len(alive) == 1, (victim, alive)
-    return {"victim": victim[:12], "survivor": alive[0][:12]}
+    out = {"victim": victim[:12], "survivor": alive[0][:12]}
+    if p.broker == "redis":     # the victim's unacknowledged crops were claimed by the survivor
+        deadline = time.monotonic() + 60          # claimed once idle for claim_idle_ms
+        while True:
+            left = {k: v for k, v in redis_pending(p).items() if victim[:12] in k and v}
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert not left, f"crops still pending on the killed worker after 60 s: {left}"
+        out["victim_pending_at_kill"] = sum(v for k, v in at_kill.items() if victim[:12] in k)
+        out["victim_pending_after"] = 0
+    return out
+
+
+def redis_pending(p: Project) -> dict[str, int]:
+    """``{consumer: pending}`` of the crops stream's group (XINFO CONSUMERS)."""
+    (rid,) = p.containers("redis")
+    cli = ["docker", "exec", rid, "redis-cli", "-p", "6379"]
+    groups = sh(*cli, "XINFO", "GROUPS", "overhead:crops").stdout.split("\n")
+    out = {}
+    for g in [groups[i + 1] for i, v in enumerate(groups[:-1]) if v == "name"]:
+        lines = sh(*cli, "XINFO", "CONSUMERS", "overhead:crops", g).stdout.split("\n")
+        name = None
+        for i, v in enumerate(lines[:-1]):
+            if v == "name":
+                name = lines[i + 1]
+            elif v == "pending" and name:
+                out[name] = int(lines[i + 1])
+    return out
 
 
 def check_after_kill(p: Project, imgs: dict[str, bytes]) -> dict:
@@ -294,19 +324,38 @@ def copy_out(p: Project, dest: Path) -> Path:
 
 
 def triton_trace(p: Project, run_dir: Path) -> dict:
-    """Stop the app (open clients keep Triton from writing its trace), then Triton; copy the trace
-    out and join it into the run's spans (deploy/triton/sweep_server.py)."""
-    from deploy.triton.sweep_server import join_spans_file
+    """Record Triton's per-model statistics, stop the app (open clients keep Triton from writing
+    its trace), then Triton; copy the trace out, join it into the run's spans and put the serving
+    summary into config.json (deploy/triton/sweep_server.py: the report's "Serving" section)."""
+    from deploy.services import MODELS
+    from deploy.triton.sweep_server import cross_check, join_spans_file
     from pipelines.inference.triton import read_trace
 
-    p.compose("stop", "-t", "10", "locust-worker", "locust-master", "gateway", "worker")
     (tid,) = p.containers("triton")
+    stats = {}
+    for m in MODELS:
+        r = sh("docker", "exec", tid, "curl", "-fsS", f"http://127.0.0.1:8000/v2/models/{m}/stats",
+               check=False)
+        stats[m] = (json.loads(r.stdout).get("model_stats") or [{}])[0] if r.returncode == 0 else {}
+    p.compose("stop", "-t", "10", "locust-worker", "locust-master", "gateway", "worker")
     p.compose("stop", "-t", "30", "triton")
     out = run_dir / "triton"
     out.mkdir(exist_ok=True)
     sh("docker", "cp", f"{tid}:/tmp/overhead-triton-trace.json", out / "trace.json")
-    counts = join_spans_file(run_dir / "spans.parquet", read_trace(out / "trace.json"))
-    return counts
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    trace = read_trace(out / "trace.json")
+    detector, classifier = MODELS
+    summary = {"server": "triton", "protocol": "grpc", "url": "grpc://triton:8001",
+               "source": "compose: trace file copied out of the triton container",
+               "stages": {"detect": {"server": "triton", "model": detector},
+                          "classify": {"server": "triton", "model": classifier}},
+               "join": join_spans_file(run_dir / "spans.parquet", trace),
+               "cross_check": cross_check(trace, stats, MODELS)}
+    cfg_path = run_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["serving"] = summary
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    return summary["join"]
 
 
 def report(run_dir: Path) -> dict:
@@ -332,6 +381,8 @@ def summary_line(combo: str, run_dir: Path, csv: pd.DataFrame) -> str:
 
 def check_report(server: str, text: str, csv: pd.DataFrame) -> list[str]:
     missing = [s for s in STAGES_WANTED if s not in text]
+    if server == "triton" and "Triton trace joined into spans" not in text:
+        missing.append("the joined Triton trace")
     if missing:
         raise AssertionError(f"the report lacks {missing}:\n{text[-3000:]}")
     return [s for s in STAGES_WANTED]
@@ -396,7 +447,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=os.environ.get("OVERHEAD_DOCKER_ROOT", "/var/tmp/overhead-docker"))
     ap.add_argument("--users", default="2,4")
     ap.add_argument("--step-seconds", type=float, default=15)
-    ap.add_argument("--kill-after", type=float, default=20, help="seconds into the sweep")
+    ap.add_argument("--kill-after", type=float, default=12, help="seconds into the sweep")
     ap.add_argument("--keep", action="store_true", help="leave the last project running (debug)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
