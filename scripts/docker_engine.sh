@@ -18,10 +18,11 @@ start)
         echo "export DOCKER_HOST=unix:///var/run/docker.sock"; exit 0; fi
     if answers "unix://$D/docker.sock"; then       # ours, left running by an earlier run
         echo "export DOCKER_HOST=unix://$D/docker.sock"; exit 0; fi
-    command -v dockerd >/dev/null || {
-        echo "no Docker engine answers and dockerd is not installed (apt-get install -y docker.io)" >&2
-        exit 1; }
-    [ "$(id -u)" = 0 ] || { echo "starting dockerd needs root" >&2; exit 1; }
+    [ "$(id -u)" = 0 ] || { echo "no Docker engine answers, and starting dockerd needs root" >&2; exit 1; }
+    if ! command -v dockerd >/dev/null; then
+        echo "installing Debian's docker.io (dockerd) ..." >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >&2
+    fi
     mkdir -p "$D/data" "$D/exec"
     rm -f "$D/docker.sock" "$D/pid"
     # setsid: the engine outlives this script's process group; it is stopped by PID only
