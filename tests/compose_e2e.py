@@ -178,7 +178,9 @@ def check_users(p: Project) -> dict:
         declared = sh("docker", "image", "inspect", "-f", "{{.Config.User}}", c["Image"]).stdout.strip()
         uid = sh("docker", "exec", cid, "id", "-u").stdout.strip()
         want = declared.split(":")[0]
-        if not want or uid == "0" or (want.isdigit() and uid != want):
+        if want and not want.isdigit():          # a user name: its uid inside the image
+            want = sh("docker", "exec", cid, "id", "-u", want).stdout.strip()
+        if not want or uid == "0" or uid != want:
             raise AssertionError(f"{svc}: runs as uid {uid}, image declares user {declared!r}")
         out[svc] = uid
     return out
