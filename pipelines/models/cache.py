@@ -174,14 +174,7 @@ def ensure_model(name: str, models_dir: str | os.PathLike | None = None, seed: i
     if (final / META_FILE).is_file():
         return ModelInfo.load(final)
     if onnx_file is None and not _can_build(models_dir):
-        found = find_build(models_dir, name, material)
-        if found is None:
-            raise FileNotFoundError(
-                f"model {name!r} (seed {seed}, formats {list(formats)}) is not in {models_dir}, "
-                f"and it cannot be built here ({_why_not_build(models_dir)}): build it where "
-                f"TensorFlow is installed, e.g. `python -m pipelines.models build {name} "
-                f"--models-dir {models_dir}` (the compose `models` service does)")
-        return found
+        return _built_elsewhere(models_dir, name, material)
 
     models_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(models_dir / ".locks" / f"{name}-{key}.lock"):
@@ -230,6 +223,19 @@ def _why_not_build(models_dir: Path) -> str:
 
 def _can_build(models_dir: Path) -> bool:
     return not _why_not_build(models_dir)
+
+
+def _built_elsewhere(models_dir: Path, name: str, material: dict) -> ModelInfo:
+    """This process cannot build: the build of the same settings, by any build stack, or a clear
+    error. Writes nothing."""
+    found = find_build(models_dir, name, material)
+    if found is None:
+        raise FileNotFoundError(
+            f"model {name!r} (seed {material['seed']}, formats {material['formats']}) is not in "
+            f"{models_dir}, and it cannot be built here ({_why_not_build(models_dir)}): build it "
+            f"where TensorFlow is installed, e.g. `python -m pipelines.models build {name} "
+            f"--models-dir {models_dir}` (the compose `models` service does)")
+    return found
 
 
 def find_build(models_dir: str | os.PathLike, name: str, material: dict) -> ModelInfo | None:
