@@ -90,7 +90,8 @@ LOCAL_PORTS = {"gateway": 8000, "triton-http": 8010, "triton-grpc": 8011,
                "redis": 6379, "kafka": 9092}
 
 # The gateway's in-container URLs for each profile (compose service names are the host names).
-BROKER_URLS = {"redis": "redis://redis:6379/0", "kafka": "kafka://kafka:9092"}
+# claim_idle_ms: unacknowledged crops are redelivered within the gateway's 30 s result timeout
+BROKER_URLS = {"redis": "redis://redis:6379/0?claim_idle_ms=10000", "kafka": "kafka://kafka:9092"}
 SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "http://tfserving:8501"}
 
 

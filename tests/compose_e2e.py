@@ -320,14 +320,17 @@ def restart_under_traffic(p: Project, rid: str, data: bytes) -> dict:
     import threading
 
     codes: dict = {}
+    slowest = [0.0]
     stop = threading.Event()
 
     def poster() -> None:
         i = 0
         while not stop.is_set():
             i += 1
+            t = time.monotonic()
             try:
                 code, headers, _ = post(p.url, data, f"restart-{i}", timeout=40)
+                slowest[0] = max(slowest[0], time.monotonic() - t)
             except OSError as exc:                 # no answer at all: silently lost
                 code, headers = f"no answer: {exc}", {}
             if code == 503 and not {k.lower() for k in headers} >= {"retry-after"}:
@@ -348,7 +351,7 @@ def restart_under_traffic(p: Project, rid: str, data: bytes) -> dict:
     stop.set()
     t.join(60)
     assert set(codes) <= {200, 503}, f"during docker restart: {codes}"
-    return codes
+    return {**codes, "slowest_s": round(slowest[0], 1)}
 
 
 # -- run directory, Triton trace, report -----------------------------------------------------------
