@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.overhead-installed
 EXTRAS ?= build,load,redis,kafka,triton,servers,dali,test
 
-.PHONY: demo test venv clean-venv
+.PHONY: demo test compose-test venv clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Overhead needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -27,6 +27,13 @@ test: $(STAMP)
 	@bash scripts/ensure_compose.sh
 	@bash scripts/ensure_kubectl.sh
 	$(BIN)/python -m pytest $(ARGS)
+	$(MAKE) compose-test
+
+# The real deploy/docker-compose.yml on a real Docker engine (started here if none answers), with
+# images built locally (no registry): scripts/compose_test.sh, docs/deploy.md.
+compose-test: $(STAMP)
+	@bash scripts/ensure_compose.sh
+	bash scripts/compose_test.sh $(BIN)/python $(COMPOSE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,6 +14,8 @@ published ports bind 127.0.0.1 on the host only.
 """
 from __future__ import annotations
 
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -88,8 +90,9 @@ LOCAL_PORTS = {"gateway": 8000, "triton-http": 8010, "triton-grpc": 8011,
                "redis": 6379, "kafka": 9092}
 
 # The gateway's in-container URLs for each profile (compose service names are the host names).
-BROKER_URLS = {"redis": "redis://redis:6379/0", "kafka": "kafka://kafka:9092"}
-SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "grpc://tfserving:8500"}
+# claim_idle_ms: unacknowledged crops are redelivered within the gateway's 30 s result timeout
+BROKER_URLS = {"redis": "redis://redis:6379/0?claim_idle_ms=10000", "kafka": "kafka://kafka:9092"}
+SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "http://tfserving:8501"}
 
 
 def options_env(service: str) -> set[str]:
@@ -134,7 +137,7 @@ def _container_port(spec) -> tuple[str | None, int]:
     if isinstance(spec, dict):
         return spec.get("host_ip"), int(spec["target"])
     parts = str(spec).split("/")[0].split(":")
-    return (parts[0] if len(parts) == 3 else None), int(parts[-1])
+    return (parts[0] if len(parts) >= 3 else None), int(parts[-1])   # 127.0.0.1:${VAR:-P}:P too
 
 
 def check_compose(path=COMPOSE_FILE) -> list[str]:
@@ -149,7 +152,8 @@ def check_compose(path=COMPOSE_FILE) -> list[str]:
         c = services.get(name)
         if c is None:
             continue
-        if c.get("image") != s.image:
+        image = re.sub(r"^\$\{[A-Z0-9_]+:-(.+)\}$", r"\1", str(c.get("image")))   # ${VAR:-default}
+        if image != s.image:
             errs.append(f"{name}: image {c.get('image')!r} != {s.image!r}")
         if tuple(c.get("profiles") or ()) != s.profiles:
             errs.append(f"{name}: profiles {c.get('profiles')} != {list(s.profiles)}")
@@ -230,7 +234,7 @@ def wait_targets(settings=None) -> list[str]:
         out.append(f"http://{u.hostname}:{port('triton', 'http')}/v2/health/ready")
     elif s.backend == "tfserving":
         u = urlsplit(s.tfserving_url)
-        out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'grpc')}")
+        out.append(f"tcp://{u.hostname}:{u.port or port('tfserving', 'rest')}")
     return out
 
 
@@ -253,9 +257,11 @@ def build_models(out: str = MODELS_MOUNT) -> int:
     flavour) and, when the TF Serving generator is installed, its config files."""
     py = sys.executable
     cache = f"{out}/cache"
+    flavour = os.environ.get("OVERHEAD_TRITON_FLAVOUR") or "onnxruntime"   # python: stand-in server
+    kind = os.environ.get("OVERHEAD_TRITON_INSTANCE_KIND") or "KIND_CPU"
     steps = [[py, "-m", "pipelines.models", "build", *MODELS, "--savedmodel", "--models-dir", cache],
              [py, "-m", "deploy.triton.repository", "--out", f"{out}/triton", "--models",
-              ",".join(MODELS), "--flavour", "onnxruntime", "--models-dir", cache]]
+              ",".join(MODELS), "--flavour", flavour, "--instance-kind", kind, "--models-dir", cache]]
     import importlib.util
 
     if importlib.util.find_spec("deploy.tfserving.config") is not None:

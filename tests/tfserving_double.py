@@ -138,6 +138,7 @@ class TFServingDouble:
                     fn = tf.saved_model.load(str(vdir)).signatures["serving_default"]
                     self.models.setdefault(m, {})[int(vdir.name)] = fn
         self.lock = threading.Lock()        # one TF call at a time (2 cores)
+        self.host = "127.0.0.1"             # deploy/compose/tfserving_double_main.py: 0.0.0.0
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self._grpc = None
@@ -211,7 +212,7 @@ class TFServingDouble:
                                    ("grpc.max_send_message_length", 256 << 20)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Prediction(), srv)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(Models(), srv)
-        srv.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        srv.add_insecure_port(f"{self.host}:{self.grpc_port}")
         srv.start()
         self._grpc = srv
 
@@ -294,7 +295,7 @@ class TFServingDouble:
                                        else {k: v.tolist() for k, v in outs.items()})}
                 self._send(200, ans)
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", self.rest_port), Handler)
+        self._http = ThreadingHTTPServer((self.host, self.rest_port), Handler)
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="tfserving-double-rest",
                          daemon=True).start()

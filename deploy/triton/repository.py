@@ -51,6 +51,7 @@ class TritonModelSpec:
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     preferred_batch_sizes: list[int] = field(default_factory=list)
+    instance_kind: str = "KIND_CPU"   # KIND_GPU: the GPU overlay (NGC image + onnxruntime flavour)
 
 
 def spec_from_onnx(name: str, onnx_path: str | os.PathLike, **opts) -> TritonModelSpec:
@@ -114,7 +115,10 @@ def config_pbtxt(spec: TritonModelSpec, flavour: str = "python") -> str:
             pref = f"\n  preferred_batch_size: [ {', '.join(map(str, spec.preferred_batch_sizes))} ]"
         text += (f"dynamic_batching {{{pref}\n"
                  f"  max_queue_delay_microseconds: {int(spec.queue_delay_us)}\n}}\n")
-    text += f"instance_group [\n  {{\n    count: {int(spec.instances)}\n    kind: KIND_CPU\n  }}\n]\n"
+    if spec.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+        raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, got {spec.instance_kind!r}")
+    text += (f"instance_group [\n  {{\n    count: {int(spec.instances)}\n"
+             f"    kind: {spec.instance_kind}\n  }}\n]\n")
     if flavour == "python":
         params = {"intra_op_threads": spec.intra_op_threads,
                   "inter_op_threads": spec.inter_op_threads}
@@ -152,11 +156,11 @@ def write_model(out: str | os.PathLike, spec: TritonModelSpec, flavour: str = "p
 
 def write_repository(out: str | os.PathLike, models, flavour: str = "python", max_batch: int = 8,
                      queue_delay_us: int = 100, instances: int = 1, intra_op_threads: int = 1,
-                     ) -> list[Path]:
+                     instance_kind: str = "KIND_CPU") -> list[Path]:
     """``models``: ``TritonModelSpec`` objects, ``ModelInfo``-like objects or ``(name, onnx_path)``."""
     Path(out).mkdir(parents=True, exist_ok=True)
     opts = dict(max_batch_size=max_batch, queue_delay_us=queue_delay_us, instances=instances,
-                intra_op_threads=intra_op_threads)
+                intra_op_threads=intra_op_threads, instance_kind=instance_kind)
     dirs = []
     for m in models:
         if isinstance(m, TritonModelSpec):
@@ -192,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="dynamic_batching max_queue_delay_microseconds")
     p.add_argument("--instances", type=int, default=1, help="instance_group count (KIND_CPU)")
     p.add_argument("--intra-op-threads", type=int, default=1, help="ORT threads per instance")
+    p.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU",
+                   help="instance_group kind (KIND_GPU: the onnxruntime backend runs on the GPU)")
     a = p.parse_args(argv)
     models = [_resolve(m, a.models_dir) for m in a.models.split(",") if m.strip()]
     dirs = write_repository(a.out, models, a.flavour, a.max_batch, a.queue_delay_us, a.instances,
-                            a.intra_op_threads)
+                            a.intra_op_threads, a.instance_kind)
     for d in dirs:
         print(d)
     return 0

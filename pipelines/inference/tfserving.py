@@ -136,9 +136,15 @@ class TFServingBackend(InferenceBackend):
 
     # -- transport ---------------------------------------------------------------------------
     def _setup_grpc(self) -> None:
-        import grpc
-        from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
-                                             predict_pb2, prediction_service_pb2_grpc)
+        try:
+            import grpc
+            from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
+                                                 predict_pb2, prediction_service_pb2_grpc)
+        except ImportError as exc:   # e.g. the runtime image: no TensorFlow, no serving protos
+            raise RuntimeError(
+                f"{self._where()}: grpc:// needs tensorflow-serving-api and tensorflow ({exc}); "
+                f"install them (pip install 'overhead[build]') or use REST: "
+                f"http://{self.host}:8501") from exc
 
         self._grpc = grpc
         self._pb = predict_pb2

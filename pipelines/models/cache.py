@@ -9,6 +9,13 @@ into place when complete (a killed build leaves only a temp dir, cleaned by the 
 an ``fcntl`` lock on ``.locks/<name>-<key>.lock`` makes a second process wait for the first
 instead of building the same model again.
 
+Each build also keeps what it was built from in ``<name>-<key>/build.json`` (the key material).
+The key stays honest (a machine that can build rebuilds when its TensorFlow changes), but a
+process that CANNOT build here, because the build stack (tensorflow, keras, tf2onnx) is not
+installed or the models directory is not writable (e.g. the runtime image with the builder's
+volume mounted read-only), resolves the model by name and settings through these files instead,
+whatever versions it has installed, and writes nothing: no lock file, no directory.
+
 The TensorFlow build runs in a child process by default (``in_process=None`` builds in-process
 only if TensorFlow is already imported), so a serving process that calls ``ensure_model`` at
 start-up never loads TensorFlow, its threads or its memory.
@@ -33,6 +40,7 @@ from .info import META_FILE, ModelInfo
 from .normalization import NORMALIZATIONS
 
 FORMATS = ("onnx", "savedmodel")
+BUILD_FILE = "build.json"   # the key material of a build, next to model.json
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the directory that holds ``pipelines/``
 # TensorFlow's C++ start-up chatter (printed before absl logging is set up, so
 # TF_CPP_MIN_LOG_LEVEL does not hide it): dropped from a child build's progress output.
@@ -165,6 +173,8 @@ def ensure_model(name: str, models_dir: str | os.PathLike | None = None, seed: i
     final = models_dir / f"{name}-{key}"
     if (final / META_FILE).is_file():
         return ModelInfo.load(final)
+    if onnx_file is None and not _can_build(models_dir):
+        return _built_elsewhere(models_dir, name, material)
 
     models_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(models_dir / ".locks" / f"{name}-{key}.lock"):
@@ -187,12 +197,65 @@ def ensure_model(name: str, models_dir: str | os.PathLike | None = None, seed: i
                 _build_keras(name, tmp, seed=int(seed), formats=formats,
                              weights_file=str(weights_file) if weights_file else None,
                              key=key, progress=progress, in_process=in_process)
+            (tmp / BUILD_FILE).write_text(json.dumps(material, sort_keys=True, indent=1) + "\n")
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     _say(f"{name} done in {time.perf_counter() - t0:.1f} s -> {final}", progress)
     return ModelInfo.load(final)
+
+
+def _writable(models_dir: Path) -> bool:
+    d = models_dir
+    while not d.exists() and d != d.parent:       # would be created: is its parent writable?
+        d = d.parent
+    return os.access(d, os.W_OK)
+
+
+def _why_not_build(models_dir: Path) -> str:
+    missing = [k for k, v in build_versions().items() if v == "missing"]
+    why = [f"{', '.join(missing)} not installed"] if missing else []
+    if not _writable(models_dir):
+        why.append("the directory is read-only")
+    return "; ".join(why)
+
+
+def _can_build(models_dir: Path) -> bool:
+    return not _why_not_build(models_dir)
+
+
+def _built_elsewhere(models_dir: Path, name: str, material: dict) -> ModelInfo:
+    """This process cannot build: the build of the same settings, by any build stack, or a clear
+    error. Writes nothing."""
+    found = find_build(models_dir, name, material)
+    if found is None:
+        raise FileNotFoundError(
+            f"model {name!r} (seed {material['seed']}, formats {material['formats']}) is not in "
+            f"{models_dir}, and it cannot be built here ({_why_not_build(models_dir)}): build it "
+            f"where TensorFlow is installed, e.g. `python -m pipelines.models build {name} "
+            f"--models-dir {models_dir}` (the compose `models` service does)")
+    return found
+
+
+def find_build(models_dir: str | os.PathLike, name: str, material: dict) -> ModelInfo | None:
+    """The newest complete build of ``name`` whose ``build.json`` matches ``material`` in
+    everything but the build-stack versions (and holds at least its formats). Reads only."""
+    def settings(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k not in ("versions", "formats")}
+
+    hits = []
+    for f in Path(models_dir).glob(f"{name}-*/{BUILD_FILE}"):
+        try:
+            found = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if ((f.parent / META_FILE).is_file() and settings(found) == settings(material)
+                and set(material.get("formats", ())) <= set(found.get("formats", ()))):
+            hits.append(f.parent)
+    if not hits:
+        return None
+    return ModelInfo.load(max(hits, key=lambda d: (d / META_FILE).stat().st_mtime))
 
 
 def _build_keras(name: str, directory: Path, *, seed: int, formats, weights_file, key: str,
@@ -241,4 +304,4 @@ def list_cached(models_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
 
 
 __all__ = ["MODEL_NAMES", "SPECS", "FORMATS", "default_models_dir", "ensure_model", "list_cached",
-           "cache_key", "build_versions"]
+           "cache_key", "build_versions", "find_build"]
