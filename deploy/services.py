@@ -14,7 +14,6 @@ published ports bind 127.0.0.1 on the host only.
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -97,14 +96,15 @@ SERVER_URLS = {"triton": "grpc://triton:8001", "tfserving": "http://tfserving:85
 
 def options_env(service: str) -> set[str]:
     """The ``OVERHEAD_*`` names the service's program reads: its settings class in
-    ``overhead/config.py`` (the models builder: the model cache directory only)."""
+    ``overhead/config.py`` (the models builder: ``ModelsSettings`` and the model cache directory)."""
     from overhead import config
 
     cls = {"gateway": config.GatewaySettings, "worker": config.WorkerSettings,
            "locust-master": config.LocustSettings, "locust-worker": config.LocustSettings
            }.get(service)
     if service == "models":
-        return {config.WorkerSettings.env_name("models_dir")}
+        return ({config.WorkerSettings.env_name("models_dir")}
+                | {config.ModelsSettings.env_name(n) for n in config.ModelsSettings.model_fields})
     return {cls.env_name(n) for n in cls.model_fields} if cls else set()
 
 
@@ -257,8 +257,10 @@ def build_models(out: str = MODELS_MOUNT) -> int:
     flavour) and, when the TF Serving generator is installed, its config files."""
     py = sys.executable
     cache = f"{out}/cache"
-    flavour = os.environ.get("OVERHEAD_TRITON_FLAVOUR") or "onnxruntime"   # python: stand-in server
-    kind = os.environ.get("OVERHEAD_TRITON_INSTANCE_KIND") or "KIND_CPU"
+    from overhead.config import ModelsSettings
+
+    ms = ModelsSettings()   # OVERHEAD_TRITON_FLAVOUR (python: the stand-in server), _INSTANCE_KIND
+    flavour, kind = ms.triton_flavour, ms.triton_instance_kind
     steps = [[py, "-m", "pipelines.models", "build", *MODELS, "--savedmodel", "--models-dir", cache],
              [py, "-m", "deploy.triton.repository", "--out", f"{out}/triton", "--models",
               ",".join(MODELS), "--flavour", flavour, "--instance-kind", kind, "--models-dir", cache]]

@@ -9,6 +9,7 @@ for Locust), ``choices`` from ``Literal`` types, booleans as ``--name/--no-name`
     ClassifierOptions   what a classifier needs (model, backend, batch, broker, spans, logging)
       GatewaySettings   ``python -m pipelines.gateway``: all of it plus the gateway's own options
       WorkerSettings    ``python -m pipelines.worker``: the subset above plus its consumer name/group
+    ModelsSettings      ``python -m deploy.services build-models`` (the Compose/Kubernetes builder)
     LoadSettings        the load options the sweep and the Locust file share (same defaults)
       LocustSettings    plus the Locust file's own (run directory, steps, spans)
 
@@ -219,6 +220,17 @@ def worker_argv(gateway: GatewaySettings) -> list[str]:
     return gateway.to_argv(shared - {"broker", "spans_dir", "log_level"} - unused_urls)
 
 
+class ModelsSettings(Options):
+    """The one-shot model builder (``python -m deploy.services build-models``): which Triton
+    repository flavour it writes, for which server image. Its cache is ``OVERHEAD_MODELS_DIR``."""
+
+    triton_flavour: Literal["onnxruntime", "python"] = Field(
+        "onnxruntime", description="Triton repository flavour: onnxruntime (NGC's image) or "
+        "python (ONNX Runtime in the Python backend: the local stand-in image)")
+    triton_instance_kind: Literal["KIND_CPU", "KIND_GPU"] = Field(
+        "KIND_CPU", description="Triton instance_group kind (KIND_GPU: the GPU overlay)")
+
+
 class LoadSettings(Options):
     """Load options shared by the sweep (``--NAME``) and the Locust file (``--overhead-NAME``)."""
 
@@ -261,7 +273,7 @@ class LocustSettings(LoadSettings):
                            "this run's requests are merged into RUN_DIR/spans.parquet")
 
 
-SETTINGS_CLASSES = (GatewaySettings, WorkerSettings, LoadSettings, LocustSettings)
+SETTINGS_CLASSES = (GatewaySettings, WorkerSettings, ModelsSettings, LoadSettings, LocustSettings)
 
 
 def env_names() -> set[str]:

@@ -121,7 +121,7 @@ def test_containers_wait_for_what_the_config_tree_reads(monkeypatch):
 
     for k, v in compose_env("tfserving", "kafka").items():
         monkeypatch.setenv(k, v)
-    assert wait_targets() == ["kafka://kafka:9092", "tcp://tfserving:8500"]
+    assert wait_targets() == ["kafka://kafka:9092", "tcp://tfserving:8501"]   # REST by default
     monkeypatch.setenv("OVERHEAD_BACKEND", "triton")
     monkeypatch.setenv("OVERHEAD_TRITON_URL", "grpc://triton:8001")
     assert wait_targets()[1] == "http://triton:8000/v2/health/ready"
