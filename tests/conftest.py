@@ -138,3 +138,22 @@ def photo_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     assert ok
     return buf.tobytes()
+
+
+@pytest.fixture
+def real_gateway(tmp_path):
+    """A real gateway process (the real SSD + MobileNetV2, k=2, spans to ``tmp_path``):
+    ``(GatewayProcess, spans_dir)``; stopped by PID afterwards."""
+    from deploy.pipeline_processes import GatewayProcess
+    from pipelines.models import ensure_model
+
+    det, cls = ensure_model("ssd_mobilenetv2"), ensure_model("mobilenetv2")
+    spans = tmp_path / "gateway-spans"
+    gw = GatewayProcess(["--detector", det.name, "--classifier", cls.name,
+                         "--models-dir", str(Path(det.onnx_path).parent.parent),
+                         "--spans-dir", str(spans), "--intra-op-threads", "1", "--k", "2"],
+                        tmp_path / "gateway.log").start(timeout_s=120)
+    try:
+        yield gw, spans
+    finally:
+        gw.stop()

@@ -104,7 +104,8 @@ def _root_with_tc() -> bool:
 def netns():
     """A network namespace of our own (loopback up, MTU 1500); deleted by name afterwards."""
     if not _root_with_tc():
-        pytest.skip("needs root with ip and tc (CI runs as root)")
+        pytest.fail("the network known answer needs root with ip and tc (iproute2): run the tests "
+                    "as root, as CI does", pytrace=False)
     name = f"ovh-kat-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -132,9 +133,8 @@ def test_network_throttle_shows_as_transfer(tmp_path, netns):
     assert added == pytest.approx(expected, rel=0.10)
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None,
-                    reason="faketime missing: scripts/ensure_servers.sh installs it")
 def test_clock_skew_of_a_worker_is_detected_and_corrected(tmp_path, redis_server):
+    assert shutil.which("faketime"), "faketime missing: scripts/ensure_servers.sh installs it"
     offset_ms = 50.0
     env = {**_env(), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     name = f"skewed-{uuid.uuid4().hex[:6]}"

@@ -57,23 +57,6 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-@pytest.fixture
-def real_gateway(tmp_path):
-    from deploy.pipeline_processes import GatewayProcess
-    from pipelines.models import ensure_model
-
-    det, cls = ensure_model("ssd_mobilenetv2"), ensure_model("mobilenetv2")
-    spans = tmp_path / "gateway-spans"
-    gw = GatewayProcess(["--detector", det.name, "--classifier", cls.name,
-                         "--models-dir", str(Path(det.onnx_path).parent.parent),
-                         "--spans-dir", str(spans), "--intra-op-threads", "1", "--k", "2"],
-                        tmp_path / "gateway.log").start(timeout_s=120)
-    try:
-        yield gw, spans
-    finally:
-        gw.stop()
-
-
 def _manifest(tmp_path) -> Path:
     from pipelines.corpus import build_corpus
 
