@@ -195,7 +195,7 @@ class ManagedProcess:
                       f"{sig}; killing its process group", file=sys.stderr, flush=True)
         _kill_group(proc, descendants)
         _RUNNING.pop(proc.pid, None)
-        self.returncode = int(proc.wait(10))
+        self.returncode = _exit_code(proc)
         self.proc = None
         return self.returncode
 
@@ -206,7 +206,7 @@ class ManagedProcess:
             return self.returncode
         _kill_group(proc, _descendants(proc))
         _RUNNING.pop(proc.pid, None)
-        self.returncode = int(proc.wait(10))
+        self.returncode = _exit_code(proc)
         self.stopped_by, self.proc = "SIGKILL", None
         return self.returncode
 
@@ -219,6 +219,18 @@ class ManagedProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _exit_code(proc: psutil.Popen, timeout_s: float = 10.0) -> int:
+    """Wait for ``proc`` and return its exit code. psutil's ``wait`` returns None when another
+    thread's ``poll()`` (a liveness check) reaped the child first; subprocess then holds the code."""
+    rc = proc.wait(timeout_s)
+    deadline = time.monotonic() + 1.0
+    while rc is None and time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is None:
+            time.sleep(0.01)
+    return int(rc) if rc is not None else -signal.SIGKILL
 
 
 def _signal(proc: psutil.Popen, sig: int) -> None:
