@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import mmap
 import math
 import resource
 import time
@@ -302,12 +303,15 @@ def test_monitor_records_features_around_a_block():
     from analysis.studies.monitor import Monitor, Sampler
     mon = Monitor()
     with mon.around(step="alloc", batch=4) as rec:
-        x = np.ones((64, 2 ** 20 // 8))          # 64 MiB, touched
+        # 64 MiB of fresh anonymous pages, touched: the RSS grows whatever malloc holds free
+        # already (a long pytest process may have that much free heap that np.ones would reuse)
+        x = mmap.mmap(-1, 64 << 20)
+        np.frombuffer(x, dtype=np.uint8)[:] = 1
         time.sleep(0.05)                          # sleeping = voluntary context switches
         t_end = time.perf_counter() + 0.1
         while time.perf_counter() < t_end:        # 0.1 s of user CPU
             pass
-    del x
+    x.close()
     df = mon.frame()
     assert len(df) == 1 and rec is mon.records[0] and rec["step"] == "alloc" and rec["batch"] == 4
     assert 150 <= rec["ms"] < 2000, rec["ms"]
