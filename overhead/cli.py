@@ -45,6 +45,12 @@ def _run_module(module: str, argv: list[str]) -> int:
 
 def demo(argv: list[str]) -> int:
     """Build the models (cached after the first time), then sweep and report."""
+    if "-h" in argv or "--help" in argv:
+        # Help first: building the models takes minutes on a fresh machine.
+        print("overhead demo [SWEEP OPTIONS]: builds " + ", ".join(DEMO_MODELS)
+              + " (cached), then runs the sweep with " + " ".join(DEMO_SWEEP)
+              + " and prints the breakdown.\nAny sweep option overrides these; the sweep's options:\n")
+        return _run_module("loadtest.sweep", ["--help"])
     out = None
     if "--out" not in argv:
         out = str(REPO / "runs" / time.strftime("demo-%Y%m%d-%H%M%S"))
