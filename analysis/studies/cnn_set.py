@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
+from analysis.studies.closed_loop import closed_loop
 from analysis.studies.report import Study, pin_threads
 
 DEFAULT_MODELS = "resnet50,inceptionv3,mobilenetv2,efficientnetb0,custom_cnn,custom_cnn_small"
@@ -37,30 +36,8 @@ DEFAULT_MODELS = "resnet50,inceptionv3,mobilenetv2,efficientnetb0,custom_cnn,cus
 
 def timed_load(backend, x, n: int, concurrency: int):
     """``n`` single-image requests from ``concurrency`` threads: (done_s since start, ms) per request."""
-    lock, left, done, errors = threading.Lock(), [n], [], []
-    t0 = time.perf_counter()
-
-    def worker():
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            s0 = time.perf_counter()
-            try:
-                backend.infer(x)
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                errors.append(repr(e))
-                continue
-            s1 = time.perf_counter()
-            with lock:
-                done.append((s1 - t0, (s1 - s0) * 1e3))
-    ts = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return np.array(sorted(done)).reshape(-1, 2), errors, time.perf_counter() - t0
+    done, errors, wall = closed_loop(lambda: backend.infer(x), n, concurrency)
+    return np.array([(c.end_s, c.ms) for c in done]).reshape(-1, 2), errors, wall
 
 
 def windows(done_s, width: float = 1.0) -> np.ndarray:

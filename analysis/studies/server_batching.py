@@ -18,47 +18,21 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
+from analysis.studies.closed_loop import closed_loop
 from analysis.studies.report import Study, pin_threads
 
 
 def load(backend, x: np.ndarray, n: int, concurrency: int) -> dict:
     """``n`` single-item requests from ``concurrency`` threads (closed loop). Per request:
     round-trip ms and client serialize ms."""
-    lock = threading.Lock()
-    left = [n]
-    lat, ser, errors = [], [], []
-
-    def worker():
-        while True:
-            with lock:
-                if left[0] <= 0:
-                    return
-                left[0] -= 1
-            s0 = time.perf_counter()
-            try:
-                r = backend.infer(x)
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                errors.append(repr(e))
-                continue
-            rt = (time.perf_counter() - s0) * 1e3
-            sp = [(e - s) / 1e6 for c, s, e, _ in getattr(r, "spans", []) if c == "serialize"]
-            with lock:
-                lat.append(rt)
-                ser.append(sum(sp))
-
-    t0 = time.perf_counter()
-    ts = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    wall = time.perf_counter() - t0
+    done, errors, wall = closed_loop(lambda: backend.infer(x), n, concurrency)
+    lat = [c.ms for c in done]
+    ser = [sum((e - s) / 1e6 for comp, s, e, _ in getattr(c.result, "spans", []) if comp == "serialize")
+           for c in done]
     lat = np.array(lat) if lat else np.array([np.nan])
     return {"requests": int(np.isfinite(lat).sum()), "errors": len(errors), "wall_s": wall,
             "throughput_rps": np.isfinite(lat).sum() / wall, "avg_ms": float(np.nanmean(lat)),
