@@ -25,3 +25,18 @@ def test_unknown_command_says_what_exists():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "unknown command 'nonsense'" in out.stderr and "overhead demo" in out.stderr
+
+
+def test_demo_model_build_prints_no_tensorflow_noise(tmp_path):
+    """A fresh machine's first `make demo` builds the models: its console shows our progress lines,
+    not TensorFlow's CUDA/oneDNN start-up chatter. Same build flags as the demo, a small model."""
+    from overhead.cli import DEMO_BUILD
+    flags = [f for f in DEMO_BUILD if f.startswith("--")]
+    out = subprocess.run([sys.executable, "-m", "pipelines.models", "build", *flags,
+                          "--models-dir", str(tmp_path), "custom_cnn"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    console = out.stdout + out.stderr
+    assert "[models] custom_cnn done" in console
+    for noise in ("absl", "cuda", "oneDNN", "cuInit"):
+        assert noise not in console, f"TensorFlow noise {noise!r} in the demo's build output:\n{console}"
