@@ -1,8 +1,8 @@
 """Scale-out: N = 1..4 classifier worker processes behind a real broker, at one fixed load.
 
     python -m analysis.studies.scale_workers [--smoke] [--out RUN_DIR] [--workers 1,2,3,4]
-        [--broker redis|kafka] [--classifier resnet50] [--k 4] [--overload 1.8 | --rate R]
-        [--step-seconds 30] [--warmup-seconds 8] [--sizes 0.1MP]
+        [--broker redis|kafka] [--classifier resnet50] [--k 4] [--overload 2.5 | --rate R]
+        [--step-seconds 20] [--warmup-seconds 5] [--sizes 0.1MP]
 
 The paper credits the broker with decoupling two DNNs that produce at different rates (one image
 -> k crops). This study holds the load fixed and adds classifier workers: for each N the real
@@ -17,10 +17,11 @@ gateway and Locust over the measured window.
 
 The load is chosen so that N=1 is classifier-bound: ONE worker's capacity is calibrated first
 (the classifier's per-crop time, one ORT thread, in this process: ``1 / (k * t_crop)`` requests/s)
-and the offered rate is ``--overload`` times that (default 1.8; ``--rate`` fixes it instead).
-At N=1 the wait grows by (overload - 1) x the time elapsed: 1.8 over a 38 s step keeps it under
-Locust's 60 s client timeout with room for a worker slower than calibrated; on 2 cores N=2
-already needs more CPU than is left, so the table shows the core limit too. A
+and the offered rate is ``--overload`` times that (default 2.5; ``--rate`` fixes it instead): more
+than two workers' worth, so on 2 cores (shared with the gateway, the broker, Locust and whatever
+else runs) the table shows where added workers stop adding throughput. At N=1 the wait grows by
+(overload - 1) x the time elapsed: 2.5 over a 25 s step keeps it under Locust's 60 s client
+timeout with room for a worker slower than calibrated. A
 heavy classifier (ResNet-50, ~30-80 ms a crop here) with k=4 crops makes the classifier's work
 per request ~10x the gateway's (0.1 MP decode + SSD detector), so the classifier is the stage to
 scale. The gateway gets many request threads and a long result timeout so the queue forms in the
@@ -57,10 +58,10 @@ def parse_args(argv):
     p.add_argument("--crop-sleep-ms", type=float, default=None,
                    help="worker's calibration sleep per crop (test knob; default 0, smoke 100)")
     p.add_argument("--overload", type=float, default=None,
-                   help="offered rate / one worker's calibrated capacity (default 1.8; smoke 1.5)")
+                   help="offered rate / one worker's calibrated capacity (default 2.5; smoke 1.5)")
     p.add_argument("--rate", type=float, default=None, help="offered requests/s (skips calibration)")
-    p.add_argument("--step-seconds", type=float, default=None, help="default 30 (smoke 14)")
-    p.add_argument("--warmup-seconds", type=float, default=None, help="default 8 (smoke 4)")
+    p.add_argument("--step-seconds", type=float, default=None, help="default 20 (smoke 14)")
+    p.add_argument("--warmup-seconds", type=float, default=None, help="default 5 (smoke 4)")
     p.add_argument("--sizes", default="0.1MP", help="image size classes sent")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
     p.add_argument("--models-dir", default=None)
@@ -70,14 +71,16 @@ def parse_args(argv):
     a.classifier = a.classifier or ("custom_cnn" if smoke else "resnet50")
     a.k = a.k or (2 if smoke else 4)
     a.crop_sleep_ms = a.crop_sleep_ms if a.crop_sleep_ms is not None else (100.0 if smoke else 0.0)
-    a.overload = a.overload or (1.5 if smoke else 1.8)
-    a.step_seconds = a.step_seconds or (14.0 if smoke else 30.0)
-    a.warmup_seconds = a.warmup_seconds if a.warmup_seconds is not None else (4.0 if smoke else 8.0)
+    a.overload = a.overload or (1.5 if smoke else 2.5)
+    a.step_seconds = a.step_seconds or (14.0 if smoke else 20.0)
+    a.warmup_seconds = a.warmup_seconds if a.warmup_seconds is not None else (4.0 if smoke else 5.0)
     return a
 
 
-def crop_ms(classifier: str, models_dir: str | None, runs: int = 30) -> float:
-    """Median ms of one single-crop classifier call (embedded ORT, one thread) in this process."""
+def crop_ms(classifier: str, models_dir: str | None, runs: int = 30) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms) of one single-crop classifier call (embedded ORT, one
+    thread) in this process. Wall sets the rate: it is what a worker gets now, on a machine that
+    may be shared; CPU above wall's share shows how much of the wall was waiting for a core."""
     import numpy as np
 
     from pipelines.inference import make_backend
@@ -90,20 +93,21 @@ def crop_ms(classifier: str, models_dir: str | None, runs: int = 30) -> float:
         x = np.random.default_rng(0).uniform(0, 1, (h, w, 3)).astype(np.float32)
         for _ in range(3):
             b.infer(x)
-        times = []
+        times, cpu0 = [], time.process_time()
         for _ in range(runs):
             t0 = time.perf_counter()
             b.infer(x)
             times.append((time.perf_counter() - t0) * 1e3)
+        cpu = (time.process_time() - cpu0) * 1e3 / runs
     finally:
         b.close()
-    return float(np.median(times))
+    return float(np.median(times)), cpu
 
 
 def sweep_argv(a, n: int, rate: float, out: Path) -> list[str]:
-    """The ``loadtest.sweep`` command of one N (the drain covers N=1's backlog: it takes at most
-    (overload - 1) x the step to clear, so the step's requests finish instead of timing out)."""
-    drain = max(10.0, a.step_seconds * max(1.0, a.overload - 1.0) + 10.0)
+    """The ``loadtest.sweep`` command of one N (the drain covers N=1's backlog: about
+    (overload - 1) x the step to clear, with 30% to spare; Locust stops waiting once all is in)."""
+    drain = (a.warmup_seconds + a.step_seconds) * max(1.0, a.overload - 1.0) * 1.3 + 10.0
     argv = [sys.executable, "-m", "loadtest.sweep", "--out", str(out), "--overwrite", "--no-report",
             "--broker", f"{a.broker}://local", "--worker-processes", str(n),
             "--arrivals", "poisson", "--rates", f"{rate:.3f}", "--seed", str(a.seed),
@@ -144,6 +148,18 @@ def depth_in_window(run_dir: Path, steps) -> tuple[float, float]:
     return (float(d["depth"].mean()), float(d["depth"].max())) if len(d) else (float("nan"), float("nan"))
 
 
+def sent_rate(requests, steps) -> float:
+    """Requests/s the open loop scheduled inside the measured window (its intended send times):
+    the offered rate as realized by this run's Poisson draw (the same seed for every N)."""
+    if not len(steps) or not len(requests):
+        return float("nan")
+    s = steps.iloc[0]
+    t = requests["intended_ns"].fillna(requests["send_ns"]) if "intended_ns" in requests \
+        else requests["send_ns"]
+    n = int(((t >= s["measure_start_ns"]) & (t < s["end_ns"])).sum())
+    return n / max(1e-9, (s["end_ns"] - s["measure_start_ns"]) / 1e9)
+
+
 def row(n: int, rate: float, run_dir: Path) -> dict:
     """One N: the numbers the table shows, from the run directory's own breakdown report."""
     from analysis.report.cli import report
@@ -159,7 +175,8 @@ def row(n: int, rate: float, run_dir: Path) -> dict:
         return float(stages[col].mean()) if col in stages and len(stages) else 0.0
 
     ok = int(st["requests"].sum())
-    return {"workers": n, "offered_rps": rate, "requests": ok, "errors": int(st["errors"].sum()),
+    return {"workers": n, "offered_rps": rate, "sent_rps": sent_rate(rep.run.requests, rep.run.steps),
+            "requests": ok, "errors": int(st["errors"].sum()),
             "throughput_rps": float(st["throughput_rps"].iloc[0]),
             "e2e_mean_ms": float(st["e2e_mean_ms"].iloc[0]),
             "e2e_p99_ms": float(main["e2e_p99_ms"].max()),
@@ -209,6 +226,7 @@ def plots(study: Study, df) -> None:
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6))
     ax1.plot(df.workers, df.throughput_rps, "o-", label="throughput")
     ax1.axhline(df.offered_rps.iloc[0], ls="--", c="grey", label="offered")
+    ax1.plot(df.workers, df.sent_rps, ":", c="grey", label="sent in window")
     ax1.set(xlabel="classifier workers N", ylabel="requests/s", title="throughput")
     ax1.legend()
     ax2.plot(df.workers, df.classify_backlog_ms, "o-", label="classify-backlog")
@@ -226,9 +244,10 @@ def plots(study: Study, df) -> None:
     study.plot(fig, "scale_workers", "throughput, waiting and CPU per N")
 
 
-def explain(study: Study, a, t_crop: float | None, rate: float) -> None:
+def explain(study: Study, a, t_crop: float | None, rate: float, cpu_ms: float | None = None) -> None:
     cap = 1e3 / (a.k * t_crop) if t_crop else None
-    how = (f"calibrated: one {a.classifier} crop takes {t_crop:.1f} ms (median, one ORT thread, "
+    how = (f"calibrated: one {a.classifier} crop takes {t_crop:.1f} ms (median wall, one ORT thread"
+           f"{'; ' + format(cpu_ms, '.1f') + ' ms of CPU' if cpu_ms else ''}, "
            f"{'+ ' + format(a.crop_sleep_ms, 'g') + ' ms calibration sleep, ' if a.crop_sleep_ms else ''}"
            f"this process), so one worker serves about {cap:.2f} requests/s at k={a.k}; offered "
            f"{a.overload:g} x that = {rate:.2f} requests/s" if t_crop else f"--rate {rate:g} requests/s")
@@ -245,21 +264,29 @@ def explain(study: Study, a, t_crop: float | None, rate: float) -> None:
 
 
 def why_it_stops(df, stop: int, sleep_bound: bool) -> str:
-    """Why throughput stops growing at ``stop`` workers: the offered load is served, or the CPU."""
+    """Why throughput stops growing at ``stop`` workers: the load is served, or the CPU is not
+    there (the numbers for both, whichever it is)."""
     import os
 
-    at = df[df.workers == stop].iloc[0]
-    if at.throughput_rps >= 0.9 * at.offered_rps:
-        return (f"from N={stop} the offered load is served ({at.throughput_rps:.2f} of "
-                f"{at.offered_rps:.2f} req/s): further workers have nothing to take")
-    if sleep_bound:
-        return "the workers sleep per crop (not CPU-bound): look at the gateway's CPU"
+    at, last = df[df.workers == stop].iloc[0], df.iloc[-1]
+    served = at.throughput_rps / at.sent_rps if at.sent_rps > 0 else float("nan")
     used = at.workers_cores + (at.gateway_cores or 0) + (at.locust_cores or 0) + at.broker_cores
-    return (f"the CPU: at N={stop} the workers use {at.workers_cores:.2f} cores and the pipeline "
-            f"{used:.2f} of this machine's {os.cpu_count()} (shared with whatever else runs here); "
-            f"a CPU-bound classifier worker needs a core of its own, so workers beyond the cores "
-            f"left over only split the same CPU (workers' CPU {df.workers_cores.min():.2f}-"
-            f"{df.workers_cores.max():.2f} cores over all N)")
+    head = (f"at N={stop}, {at.throughput_rps:.2f} of the {at.sent_rps:.2f} req/s sent were served "
+            f"({served:.0%}); ")
+    if sleep_bound:
+        return head + "the workers sleep per crop (not CPU-bound), so the rest is the load itself"
+    verdict = ("the load is (nearly) served, so further workers have little left to take; "
+               if served >= 0.9 else "the rest waits for CPU; ")
+    return (head + verdict +
+            f"workers' CPU per N {', '.join(f'{c:.2f}' for c in df.workers_cores)} cores, the whole "
+            f"pipeline {used:.2f} of this machine's {os.cpu_count()} at N={stop} (the rest went to "
+            f"other work: see the load average above; on a shared machine more runnable workers "
+            f"can also win a larger share of the CPU from other processes). A CPU-bound classifier "
+            f"worker needs a core of its own: on {os.cpu_count()} cores at most "
+            f"{os.cpu_count()} workers add throughput, fewer when the gateway and other processes "
+            f"take CPU; beyond that N only splits the same CPU (a crop's classify-inference "
+            f"{at.classify_inference_ms:.0f} ms at N={stop}, {last.classify_inference_ms:.0f} ms at "
+            f"N={int(last.workers)})")
 
 
 def failed_note(df) -> str:
@@ -280,7 +307,8 @@ def findings(study: Study, df, a) -> None:
     study.text(
         "## What it shows\n\n"
         f"- Throughput: {lo.throughput_rps:.2f} req/s at N={n_lo}, {hi.throughput_rps:.2f} at "
-        f"N={n_hi}, {df.offered_rps.iloc[0]:.2f} offered; it stops growing at N={stop} (less than "
+        f"N={n_hi}, {df.offered_rps.iloc[0]:.2f} offered ({df.sent_rps.mean():.2f} sent in the "
+        f"measured window: one Poisson draw, the same for every N); it stops growing at N={stop} (less than "
         f"+10% from any further worker). Why: {why_it_stops(df, stop, bool(a.crop_sleep_ms))}.\n"
         f"- The broker decouples the two DNNs: the detector never waits for the classifier (its "
         f"inference is {df.detect_inference_ms.min():.1f}-{df.detect_inference_ms.max():.1f} ms "
@@ -303,17 +331,18 @@ def main(argv=None) -> int:
 
     study = Study("scale_workers", a.out, a, threads=1)
     study.extra["cpu_count"] = __import__("os").cpu_count()
-    t_crop = None
+    t_crop = cpu_ms = None
     if a.rate is None:
-        t_crop = crop_ms(a.classifier, a.models_dir) + a.crop_sleep_ms
+        wall_ms, cpu_ms = crop_ms(a.classifier, a.models_dir)
+        t_crop = wall_ms + a.crop_sleep_ms
         a.rate = a.overload * 1e3 / (a.k * t_crop)
-    study.extra["calibration"] = {"crop_ms": t_crop, "rate_rps": a.rate}
+    study.extra["calibration"] = {"crop_ms": t_crop, "crop_cpu_ms": cpu_ms, "rate_rps": a.rate}
     rows = []
     for n in a.workers:
         print(f"scale_workers: N={n} at {a.rate:.2f} req/s ...", file=sys.stderr, flush=True)
         rows.append(row(n, a.rate, run_one(a, n, a.rate, study.dir / f"n{n}")))
     df = pd.DataFrame(rows)
-    explain(study, a, t_crop, a.rate)
+    explain(study, a, t_crop, a.rate, cpu_ms)
     study.table(df, "scale_workers", "Per number of classifier workers")
     findings(study, df, a)
     plots(study, df)
