@@ -240,6 +240,8 @@ def plots(study: Study, df) -> None:
     ax3.axhline(study.extra["cpu_count"], ls="--", c="grey", label="cores")
     ax3.set(xlabel="classifier workers N", ylabel="cores", title="CPU")
     ax3.legend()
+    for ax in (ax1, ax2, ax3):
+        ax.set_xticks(list(df.workers))
     fig.tight_layout()
     study.plot(fig, "scale_workers", "throughput, waiting and CPU per N")
 
@@ -258,6 +260,11 @@ def explain(study: Study, a, t_crop: float | None, rate: float, cpu_ms: float | 
                f"work per request is k crops, the detector's one image: N=1 is classifier-bound by "
                f"construction. Gateway options `{' '.join(GATEWAY_ARGS)}` let requests wait for "
                f"their crops instead of being turned away, so the queue forms in the broker."
+               + (f"\n\nThe calibration's crop took {t_crop - a.crop_sleep_ms:.0f} ms of wall time for "
+                  f"{cpu_ms:.0f} ms of CPU: it waited for a core {1 - cpu_ms / (t_crop - a.crop_sleep_ms):.0%} "
+                  f"of the time (others use this machine), so the rate follows the CPU there was "
+                  f"then; a quiet machine gives one worker more." if cpu_ms and t_crop
+                  and t_crop - a.crop_sleep_ms > 1.3 * cpu_ms else "")
                + ("\n\n**Smoke mode: the workers sleep per crop (a calibration knob), so their "
                   "capacity is known and does not depend on the machine's cores.**"
                   if a.crop_sleep_ms else ""))
