@@ -40,10 +40,11 @@ MODELS = ("ssd_mobilenetv2", "mobilenetv2")
 MODELS_MOUNT = "/models"                   # the shared models volume, in every container
 MODELS_CACHE = f"{MODELS_MOUNT}/cache"     # OVERHEAD_MODELS_DIR
 TRITON_REPO = f"{MODELS_MOUNT}/triton"     # deploy.triton.repository --flavour onnxruntime
-# Written by the TF Serving generator (python -m deploy.tfserving.config --out TFSERVING_DIR).
+# Written by the TF Serving generator (python -m deploy.tfserving.config --out TFSERVING_DIR):
+# models.config, batching_parameters.txt, server_flags.txt, <model>/1/ with its warm-up requests.
 TFSERVING_DIR = f"{MODELS_MOUNT}/tfserving"
-TFSERVING_MODELS_CONFIG = f"{TFSERVING_DIR}/models.config"
-TFSERVING_BATCHING_CONFIG = f"{TFSERVING_DIR}/batching_parameters.txt"
+# TF Serving's thread pools are sized for the CPUs its container gets (deploy/k8s: requests cpu "2")
+TFSERVING_CPUS = 2
 RESULTS_MOUNT = "/results"
 
 
@@ -124,6 +125,26 @@ def compose_env(server: str = "triton", broker: str = "redis") -> dict:
     return env
 
 
+def tfserving_settings():
+    """The TF Serving settings of the compose and Kubernetes deployments (one source): batching
+    threads and TensorFlow's intra-op pool = the CPUs, one inter-op thread (one socket), gRPC
+    threads 4 x CPUs (TF Serving's own default formula, made explicit), model warm-up on."""
+    from deploy.tfserving.config import TFServingSettings
+
+    return TFServingSettings(num_batch_threads=TFSERVING_CPUS, grpc_max_threads=4 * TFSERVING_CPUS,
+                             intra_op_parallelism=TFSERVING_CPUS, inter_op_parallelism=1,
+                             enable_batching=True, enable_model_warmup=True)
+
+
+def tfserving_command() -> list[str]:
+    """``tensorflow_model_server``'s flags in compose and Kubernetes: the generator's
+    ``server_flags`` (also written to ``TFSERVING_DIR/server_flags.txt`` by ``build-models``)."""
+    from deploy.tfserving.config import server_flags
+
+    return server_flags(tfserving_settings(), TFSERVING_DIR, port("tfserving", "grpc"),
+                        port("tfserving", "rest"))
+
+
 # -- compose cross-check ----------------------------------------------------------------------
 def load_compose(path=COMPOSE_FILE) -> dict:
     import yaml
@@ -183,12 +204,13 @@ def check_compose(path=COMPOSE_FILE) -> list[str]:
         for role, p in s.ports.items():
             if str(p) not in text:
                 errs.append(f"{name}: port {p} ({role}) appears nowhere in its compose definition")
-    for name, paths in (("triton", (TRITON_REPO,)),
-                        ("tfserving", (TFSERVING_MODELS_CONFIG, TFSERVING_BATCHING_CONFIG))):
-        cmd = " ".join(map(str, (services.get(name) or {}).get("command") or []))
-        for path in paths:
-            if path not in cmd:
-                errs.append(f"{name}: command does not read {path}")
+    cmd = " ".join(map(str, (services.get("triton") or {}).get("command") or []))
+    if TRITON_REPO not in cmd:
+        errs.append(f"triton: command does not read {TRITON_REPO}")
+    tfs = [str(a) for a in (services.get("tfserving") or {}).get("command") or []]
+    if tfs != tfserving_command():
+        errs.append(f"tfserving: command {tfs} is not the generated server flags "
+                    f"{tfserving_command()} (deploy.services.tfserving_settings)")
     gw = services.get("gateway", {}).get("environment") or {}
     if isinstance(gw, dict):
         if str(gw.get("OVERHEAD_PORT")) != str(port("gateway")):
@@ -267,9 +289,12 @@ def build_models(out: str = MODELS_MOUNT) -> int:
     import importlib.util
 
     if importlib.util.find_spec("deploy.tfserving.config") is not None:
-        # Writes TFSERVING_MODELS_CONFIG, TFSERVING_BATCHING_CONFIG and <model>/1/ SavedModels.
+        # with the deployment's settings: server_flags.txt = the compose command
+        from deploy.tfserving.config import settings_argv
+
         steps.append([py, "-m", "deploy.tfserving.config", "--out", f"{out}/tfserving", "--models",
-                      ",".join(MODELS), "--models-dir", cache, "--base-path", f"{out}/tfserving"])
+                      ",".join(MODELS), "--models-dir", cache, "--base-path", f"{out}/tfserving",
+                      *settings_argv(tfserving_settings())])
     for argv in steps:
         print("+", " ".join(argv), flush=True)
         rc = subprocess.call(argv)

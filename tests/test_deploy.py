@@ -98,6 +98,7 @@ def test_services_py_agrees_with_compose(tmp_path):
     del doc["services"]["worker"]["healthcheck"]
     doc["services"]["gateway"]["environment"]["OVERHEAD_NO_SUCH_OPTION"] = "1"
     doc["services"]["worker"]["environment"]["OVERHEAD_K"] = "2"     # a gateway-only option
+    doc["services"]["tfserving"]["command"].remove("--enable_model_warmup=true")
     bad = tmp_path / "bad.yml"
     bad.write_text(yaml.safe_dump(doc))
     errs = "\n".join(check_compose(bad))
@@ -106,6 +107,7 @@ def test_services_py_agrees_with_compose(tmp_path):
     assert "worker: long-running service without a healthcheck" in errs
     assert "gateway: ['OVERHEAD_NO_SUCH_OPTION'] name no option" in errs
     assert "worker: ['OVERHEAD_K'] name no option" in errs
+    assert "tfserving: command" in errs and "not the generated server flags" in errs
 
 
 def test_compose_environment_names_options_of_the_config_tree():

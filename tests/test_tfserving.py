@@ -183,3 +183,66 @@ def test_server_flags_and_warmup_against_the_doubles_schema(cnn, tmp_path):
             parse_server_flags(bad)
     with pytest.raises(ValueError, match="must be >= 0"):
         TFServingSettings(grpc_max_threads=-1)
+
+
+def _compose_main():
+    """deploy/compose/tfserving_double_main.py (the double image's entry point), imported."""
+    import importlib.util
+
+    from deploy.services import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "tfserving_double_main", ROOT / "deploy" / "compose" / "tfserving_double_main.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compose_runs_the_generated_server_flags(cnn, items, expected, tmp_path):
+    """The compose/k8s ``tfserving`` command IS the generator's flags for the deployment's settings
+    (what build-models writes to server_flags.txt); the double's image entry point starts from it,
+    checking every flag against TF Serving's table and replaying the generated warm-up file."""
+    import argparse
+
+    import yaml
+
+    from deploy.services import COMPOSE_FILE, TFSERVING_DIR, tfserving_command, tfserving_settings
+    from deploy.tfserving.config import (add_settings_arguments, settings_argv, settings_from_args,
+                                         write_config)
+    from pipelines.inference import make_backend
+
+    s = tfserving_settings()
+    p = argparse.ArgumentParser()
+    add_settings_arguments(p)
+    assert settings_from_args(p.parse_args(settings_argv(s))) == s      # build-models passes s
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["tfserving"]["command"]
+    assert compose == tfserving_command()
+    for flag in ("--grpc_max_threads=8", "--tensorflow_intra_op_parallelism=2",
+                 "--tensorflow_inter_op_parallelism=1", "--enable_model_warmup=true",
+                 "--enable_batching=true", f"--batching_parameters_file={TFSERVING_DIR}/batching_parameters.txt"):
+        assert flag in compose
+    write_config(tmp_path, [cnn], s, base_path=TFSERVING_DIR)
+    assert (tmp_path / "server_flags.txt").read_text().split() == compose
+    main = _compose_main()
+    srv = main.start(compose, {TFSERVING_DIR: tmp_path}, host="127.0.0.1")
+    try:
+        assert srv.warmup_log == {MODEL: [1, s.max_batch]}              # one request per size
+        assert srv.flags["tensorflow_intra_op_parallelism"] == 2 and srv.flags["grpc_max_threads"] == 8
+        b = make_backend("tfserving", cnn, url=srv.rest_url, timeout_s=30)
+        try:
+            np.testing.assert_allclose(b.infer_batch(items).outputs["probs"], expected, atol=1e-4)
+        finally:
+            b.close()
+    finally:
+        srv.stop()
+    # TF Serving refuses these at start-up; so does the double (exit 1, nothing listens)
+    for bad in (["--tensorflow_intra_op_parallelism=two"], ["--grpc_max_thread=8"]):
+        with pytest.raises(ValueError):
+            main.start(compose + bad, {TFSERVING_DIR: tmp_path}, host="127.0.0.1")
+    assert main.main(compose + ["--enable_model_warmup=maybe"]) == 1
+    from tfserving_double import parse_server_flags
+    assert parse_server_flags(["--rest_api_enable_cors_support=true", "--num_tflite_pools=2"]) == \
+        {"rest_api_enable_cors_support": True, "num_tflite_pools": 2}   # main.cc's other flags
+    (tmp_path / "batching_parameters.txt").unlink()
+    with pytest.raises(OSError):
+        main.start(compose, {TFSERVING_DIR: tmp_path}, host="127.0.0.1")

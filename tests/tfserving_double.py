@@ -55,7 +55,12 @@ TFSERVING_FLAGS = {
     "grpc_channel_arguments": str, "grpc_max_threads": int, "enable_model_warmup": bool,
     "num_request_iterations_for_warmup": int, "version": bool, "monitoring_config_file": str,
     "remove_unused_fields_from_bundle_metagraph": bool, "enable_signature_method_name_check": bool,
-    "xla_cpu_compilation_enabled": bool, "enable_profiler": bool}
+    "xla_cpu_compilation_enabled": bool, "enable_profiler": bool,
+    # the rest of main.cc's flag_list (checked against the current main.cc)
+    "rest_api_enable_cors_support": bool, "enable_per_model_batching_parameters": bool,
+    "tensorflow_session_config_file": str, "use_alts_credentials": bool, "prefer_tflite_model": bool,
+    "num_tflite_pools": int, "num_tflite_interpreters_per_pool": int,
+    "thread_pool_factory_config_file": str}
 
 
 def parse_server_flags(flags) -> dict:

@@ -24,7 +24,10 @@ Server command line (Docker image ``tensorflow/serving``; ``server_flags``)::
         --enable_model_warmup=true --num_request_iterations_for_warmup=1
 
 ``--grpc-max-threads``/``--intra-op``/``--inter-op`` (0 = the server's default, flag left out),
-``--no-batching``, ``--no-warmup``, ``--warmup-batch-sizes`` set them.
+``--no-batching``, ``--no-warmup``, ``--warmup-batch-sizes``, ``--warmup-iterations`` set them.
+Compose and Kubernetes run TF Serving with ``deploy.services.tfserving_settings()``: the models
+builder writes its files with them and the compose command is ``server_flags`` of them (checked
+by ``deploy.services.check_compose``).
 """
 from __future__ import annotations
 
@@ -187,14 +190,9 @@ def write_config(out: str | os.PathLike, models, settings: TFServingSettings | N
             "models": {n: out / n / str(v) for n, v in names}, "settings": asdict(settings)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m deploy.tfserving.config", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--models", default="ssd_mobilenetv2,mobilenetv2",
-                   help="model names (built with their SavedModel if missing)")
-    p.add_argument("--models-dir", default=None)
-    p.add_argument("--version", type=int, default=1)
-    p.add_argument("--base-path", default=None, help="DIR as mounted in the server (default: DIR)")
+def add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``TFServingSettings`` options of the command line (``settings_from_args`` reads them,
+    ``settings_argv`` writes them)."""
     d = TFServingSettings()
     p.add_argument("--max-batch", type=int, default=d.max_batch)
     p.add_argument("--batch-timeout-us", type=int, default=d.batch_timeout_us)
@@ -207,15 +205,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inter-op", type=int, default=d.inter_op_parallelism, help="0 = server default")
     p.add_argument("--no-warmup", action="store_true", help="no warm-up requests, no --enable_model_warmup")
     p.add_argument("--warmup-batch-sizes", default="", help="default: the allowed sizes, else 1 and max")
+    p.add_argument("--warmup-iterations", type=int, default=d.warmup_iterations,
+                   help="--num_request_iterations_for_warmup")
+
+
+def settings_from_args(a: argparse.Namespace) -> TFServingSettings:
+    ints = lambda v: [int(x) for x in v.split(",") if x.strip()]  # noqa: E731
+    return TFServingSettings(a.max_batch, a.batch_timeout_us, a.num_batch_threads, a.max_enqueued_batches,
+                             ints(a.allowed_batch_sizes), enable_batching=not a.no_batching,
+                             grpc_max_threads=a.grpc_max_threads, intra_op_parallelism=a.intra_op,
+                             inter_op_parallelism=a.inter_op, enable_model_warmup=not a.no_warmup,
+                             warmup_batch_sizes=ints(a.warmup_batch_sizes),
+                             warmup_iterations=a.warmup_iterations)
+
+
+def settings_argv(s: TFServingSettings) -> list[str]:
+    """``s`` as this command's options (``deploy.services.build_models`` passes the deployment's
+    settings to the generator this way; ``settings_from_args`` gives ``s`` back)."""
+    if s.pad_variable_length_inputs:
+        raise ValueError("pad_variable_length_inputs has no command-line option")
+    csv = lambda v: ",".join(map(str, v))  # noqa: E731
+    out = [f"--max-batch={s.max_batch}", f"--batch-timeout-us={s.batch_timeout_us}",
+           f"--num-batch-threads={s.num_batch_threads}", f"--max-enqueued-batches={s.max_enqueued_batches}",
+           f"--allowed-batch-sizes={csv(s.allowed_batch_sizes)}", f"--grpc-max-threads={s.grpc_max_threads}",
+           f"--intra-op={s.intra_op_parallelism}", f"--inter-op={s.inter_op_parallelism}",
+           f"--warmup-batch-sizes={csv(s.warmup_batch_sizes)}", f"--warmup-iterations={s.warmup_iterations}"]
+    return out + (["--no-batching"] if not s.enable_batching else []) + \
+        (["--no-warmup"] if not s.enable_model_warmup else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m deploy.tfserving.config", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="ssd_mobilenetv2,mobilenetv2",
+                   help="model names (built with their SavedModel if missing)")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--base-path", default=None, help="DIR as mounted in the server (default: DIR)")
+    add_settings_arguments(p)
     a = p.parse_args(argv)
     from pipelines.models import ensure_model
 
-    ints = lambda v: [int(x) for x in v.split(",") if x.strip()]  # noqa: E731
-    s = TFServingSettings(a.max_batch, a.batch_timeout_us, a.num_batch_threads, a.max_enqueued_batches,
-                          ints(a.allowed_batch_sizes), enable_batching=not a.no_batching,
-                          grpc_max_threads=a.grpc_max_threads, intra_op_parallelism=a.intra_op,
-                          inter_op_parallelism=a.inter_op, enable_model_warmup=not a.no_warmup,
-                          warmup_batch_sizes=ints(a.warmup_batch_sizes))
+    s = settings_from_args(a)
     infos = [ensure_model(n.strip(), models_dir=a.models_dir, formats=("onnx", "savedmodel"))
              for n in a.models.split(",") if n.strip()]
     res = write_config(a.out, infos, s, version=a.version, base_path=a.base_path)
