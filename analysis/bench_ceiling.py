@@ -109,7 +109,7 @@ def analyse(size: str, run_dir: Path) -> dict:
         cpu.update({name: r["cores"] for r in rows if int(r["step"]) == cr.step})
     mix = run.ceiling.mix(size)
     inf_ms = mix.cpu_ms_per_request if mix else None
-    pipe_cores = sum(v or 0 for k, v in cpu.items() if k == "gateway" or k.startswith("worker"))
+    pipe_cores = sum(v or 0 for k, v in cpu.items() if k != "locust")
     pipe_ms = pipe_cores / cr.pipeline_rps * 1e3 if cr.pipeline_rps else None
     rest = (pipe_ms - inf_ms - sum(spans[c] for c in CPU_SPANS)
             if pipe_ms is not None and inf_ms is not None else None)

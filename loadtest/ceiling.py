@@ -144,7 +144,9 @@ def _backends(spec: CeilingSpec):
 
 
 def measure(spec: CeilingSpec, corpus: list[dict], sizes: list[str], seconds: float,
-            warmup_s: float, say=lambda msg: None) -> CeilingRecord:
+            warmup_s: float, say=lambda msg: None, server_pid: int | None = None) -> CeilingRecord:
+    """``server_pid``: an inference server's process; its CPU (with its children's) counts as
+    the models' (``cpu_s``) besides this process's."""
     started = time.time_ns()
     s = spec.settings
     det, classifiers = _backends(spec)
@@ -155,11 +157,12 @@ def measure(spec: CeilingSpec, corpus: list[dict], sizes: list[str], seconds: fl
             every_crop = [np.zeros((*spec.classifier.input_hw, 3), np.float32)]
         det_inputs = [x for its in items.values() for x, _ in its]
         callers, batch = spec.detector_callers, max(1, s.classifier_batch)
-        r = ceiling_load.detect_alone(det, det_inputs, callers, warmup_s, seconds)
+        win = dict(warmup_s=warmup_s, seconds=seconds, cpu_pids=[server_pid] if server_pid else [])
+        r = ceiling_load.detect_alone(det, det_inputs, callers, **win)
         stages = [StageCeiling("detect", spec.detector.name, "req/s", r.rate, r.units, r.calls,
                                r.seconds, callers, 1, max(1, s.max_batch), r.cpu_s)]
         say(f"detector alone: {r.rate:.1f} req/s ({callers} callers, {r.seconds:.1f} s)")
-        r = ceiling_load.classify_alone(classifiers, every_crop, batch, warmup_s, seconds)
+        r = ceiling_load.classify_alone(classifiers, every_crop, batch, **win)
         stages.append(StageCeiling("classify", spec.classifier.name, "crops/s", r.rate, r.units,
                                    r.calls, r.seconds, len(classifiers), len(classifiers), batch,
                                    r.cpu_s))
@@ -168,23 +171,28 @@ def measure(spec: CeilingSpec, corpus: list[dict], sizes: list[str], seconds: fl
         mixes = []
         for size, its in items.items():
             k = float(np.mean([len(cs) for _, cs in its]))
-            r = ceiling_load.mix(det, classifiers, its, batch, callers, warmup_s, seconds)
+            r = ceiling_load.mix(det, classifiers, its, batch, callers, **win)
             mixes.append(MixCeiling(size, k, r.rate, r.units, r.seconds, len(its), r.cpu_s))
             say(f"mix {size} (k={k:.2f}): {r.rate:.1f} req/s")
     finally:
         for b in (det, *classifiers):
             b.close()
-    return CeilingRecord("measured", None, s.backend, spec.describe, warmup_s, seconds,
+    return CeilingRecord("measured", None, s.backend,
+                         {**spec.describe, "cpu_of": "this process" + (f" + server pid {server_pid}"
+                                                                      if server_pid else "")},
+                         warmup_s, seconds,
                          tuple(stages), tuple(mixes), started, time.time_ns())
 
 
 def measure_for_sweep(gateway_config: dict, corpus: list[dict], sizes: list[str],
                       seconds: float, warmup_s: float, worker_processes: int = 0,
-                      say=lambda msg: None) -> CeilingRecord:
+                      say=lambda msg: None, server_pid: int | None = None) -> CeilingRecord:
     """The sweep's phase: a record in every case (skipped or failed ones say why)."""
     try:
         spec = spec_from_config(gateway_config, worker_processes)
-        return measure(spec, corpus, sizes, seconds, warmup_s, say)
+        if spec.settings.backend != "embedded" and server_pid is None:
+            say("the inference server is not this sweep's: its CPU is not in the ceiling's CPU")
+        return measure(spec, corpus, sizes, seconds, warmup_s, say, server_pid)
     except CeilingSkipped as exc:
         say(f"not measured: {exc}")
         return CeilingRecord("skipped", str(exc))
@@ -193,9 +201,10 @@ def measure_for_sweep(gateway_config: dict, corpus: list[dict], sizes: list[str]
         return CeilingRecord("failed", f"{type(exc).__name__}: {exc}")
 
 
-def sweep_phase(args, run_dir, config: dict, corpus: list[dict]) -> dict:
+def sweep_phase(sweep) -> dict:
     """``loadtest.sweep``'s ceiling phase (``--ceiling-seconds``, ``--ceiling-warmup-seconds``,
-    ``--no-ceiling``): measure, write RUN_DIR/ceiling.json, return its status for config.json."""
+    ``--no-ceiling``), the gateway up and idle: measure, write RUN_DIR/ceiling.json, return its
+    status for config.json. A server the sweep started (``--server triton``) counts in the CPU."""
     import sys
 
     from overhead.contract.ceiling import write_ceiling
@@ -203,12 +212,14 @@ def sweep_phase(args, run_dir, config: dict, corpus: list[dict]) -> dict:
     def say(msg: str) -> None:
         print(f"sweep: ceiling: {msg}", file=sys.stderr, flush=True)
 
+    args, config = sweep.args, sweep.config
+    server = sweep.stack.server if sweep.stack is not None else None
     if args.no_ceiling:
         rec = CeilingRecord("skipped", "--no-ceiling")
     else:
         say(f"measuring the inference-only ceiling ({args.ceiling_seconds:g} s per measurement)")
-        rec = measure_for_sweep(config.get("gateway") or {}, corpus, config["load"]["sizes"],
+        rec = measure_for_sweep(config.get("gateway") or {}, sweep.corpus, config["load"]["sizes"],
                                 args.ceiling_seconds, args.ceiling_warmup_seconds,
-                                args.worker_processes, say)
-    write_ceiling(run_dir, rec)
+                                args.worker_processes, say, server.pid if server else None)
+    write_ceiling(sweep.run.path, rec)
     return {"status": rec.status, "reason": rec.reason}

@@ -37,9 +37,11 @@ class Result:
 
 class Window:
     """Counts what finishes in ``[start + warmup, start + warmup + seconds)``; ``wait`` samples
-    this process's CPU at both ends of the window."""
+    the CPU of this process and of ``cpu_pids`` (an inference server, with its children) at both
+    ends of the window."""
 
-    def __init__(self, warmup_s: float, seconds: float):
+    def __init__(self, warmup_s: float, seconds: float, cpu_pids=()):
+        self.cpu_pids = tuple(cpu_pids)
         self.start = clock() + max(0.0, warmup_s)
         self.end = self.start + max(0.01, seconds)
         self.units = self.calls = 0
@@ -60,24 +62,27 @@ class Window:
         self.error = self.error or exc
 
     def wait(self) -> Result:
-        cpu0 = _sleep_until_cpu(self.start)
-        cpu1 = _sleep_until_cpu(self.end)
+        cpu0 = _sleep_until_cpu(self.start, self.cpu_pids)
+        cpu1 = _sleep_until_cpu(self.end, self.cpu_pids)
         if self.error is not None:
             raise self.error
         cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
         return Result(self.units, self.calls, self.end - self.start, cpu)
 
 
-def _sleep_until_cpu(t: float) -> float | None:
+def _sleep_until_cpu(t: float, pids) -> float | None:
     import psutil
+
+    from loadtest.cpu import cpu_seconds
 
     while (left := t - clock()) > 0:
         time.sleep(min(left, 0.05))
     try:
         c = psutil.Process().cpu_times()
-        return c.user + c.system
     except psutil.Error:
         return None
+    servers = [cpu_seconds(pid) for pid in pids]
+    return None if None in servers else c.user + c.system + sum(servers)
 
 
 def _run(targets, window: Window) -> Result:
@@ -102,8 +107,8 @@ def _run(targets, window: Window) -> Result:
 
 
 def detect_alone(backend, inputs: list[np.ndarray], callers: int, warmup_s: float,
-                 seconds: float) -> Result:
-    w = Window(warmup_s, seconds)
+                 seconds: float, cpu_pids=()) -> Result:
+    w = Window(warmup_s, seconds, cpu_pids)
 
     def caller(offset: int):
         def loop():
@@ -118,8 +123,8 @@ def detect_alone(backend, inputs: list[np.ndarray], callers: int, warmup_s: floa
 
 
 def classify_alone(backends: list, crops: list[np.ndarray], batch: int, warmup_s: float,
-                   seconds: float) -> Result:
-    w = Window(warmup_s, seconds)
+                   seconds: float, cpu_pids=()) -> Result:
+    w = Window(warmup_s, seconds, cpu_pids)
     batch = max(1, batch)
     stacked = np.stack([crops[i % len(crops)] for i in range(batch)])
 
@@ -141,9 +146,9 @@ class _Request:
 
 
 def mix(detector, classifiers: list, items: list[tuple[np.ndarray, list[np.ndarray]]],
-        batch: int, callers: int, warmup_s: float, seconds: float) -> Result:
+        batch: int, callers: int, warmup_s: float, seconds: float, cpu_pids=()) -> Result:
     """``items``: (detector input, [classifier inputs of its crops]) per image, cycled."""
-    w = Window(warmup_s, seconds)
+    w = Window(warmup_s, seconds, cpu_pids)
     batch = max(1, batch)
     most = max((len(c) for _, c in items), default=1)
     crops: queue.Queue = queue.Queue(maxsize=4 * batch * max(1, len(classifiers)) + most)

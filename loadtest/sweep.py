@@ -232,7 +232,7 @@ class Sweep:
 
     def measure_ceiling(self) -> None:   # loadtest/ceiling.py: RUN_DIR/ceiling.json
         from loadtest.ceiling import sweep_phase
-        self.config["ceiling"] = sweep_phase(self.args, self.run.path, self.config, self.corpus)
+        self.config["ceiling"] = sweep_phase(self)
 
     def run_locust(self, host: str) -> None:
         if self.args.depth_interval > 0:

@@ -8,8 +8,10 @@ blend: with fractions ``f_c`` of the requests, ``1 / sum(f_c / ceiling_c)`` (the
 request averaged over the blend).
 
 Where the rest went: at that step, the critical path's non-inference share, its queueing
-(``queue`` + ``backlog``), and CPU per request: the gateway's (and workers') cores per request
-against the inference CPU per request the ceiling's mix used.
+(``queue`` + ``backlog``), and CPU per request: the pipeline's processes' cores per request
+(gateway, workers, broker and inference servers: every recorded process but the load generator)
+against the inference CPU per request the ceiling's mix used (its process, plus the inference
+server the sweep started).
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def _where_the_rest_went(run: Run, summary: Summary, cr: CeilingRatio, c: Ceilin
              f"queueing (queue + backlog) {fmt_pct(sum(share(q) for q in QUEUEING))}"]
     cpu = _cpu_ms_per_request(run, cr)
     if cpu:
-        pipeline = sum(ms for name, ms in cpu.items() if name == "gateway" or name.startswith("worker"))
+        pipeline = sum(ms for name, ms in cpu.items() if name != "load generator")
         inf = _inference_cpu_ms(c, cr)
         text = "; ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
         if inf and pipeline:
