@@ -25,6 +25,7 @@ one run and the CPU figures next to them.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -141,8 +142,11 @@ def print_results(results: list[dict]) -> None:
               + (" (still rising at the last step: add users)" if rising else " (saturated)"))
         print("  process CPU at the best step, cores: " +
               ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in r["cpu"].items()))
+        eff = (r["inference_cpu_ms"] / r["pipeline_cpu_ms"]
+               if r["inference_cpu_ms"] and r["pipeline_cpu_ms"] else None)
         print(f"  CPU per request, ms: pipeline processes {fmt(r['pipeline_cpu_ms'])}, inference "
-              f"(ceiling mix) {fmt(r['inference_cpu_ms'])}")
+              f"(ceiling mix) {fmt(r['inference_cpu_ms'])}; CPU efficiency (inference / pipeline, "
+              f"steadier than req/s on shared cores) {fmt(eff, '.2f')}")
         print("  outside inference, span ms per request: " +
               ", ".join(f"{k} {v:.2f}" for k, v in r["spans"].items()) +
               f"; Python, HTTP, hand-offs (CPU not in these spans) {fmt(r['rest_ms'])}"
@@ -159,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-ceiling-"))
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    load0 = os.getloadavg()
     results = [analyse(size, run_size(size, out, args, extra)) for size in sizes]
+    print(f"\nmachine: {os.cpu_count()} cores; load average (1 min) {load0[0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
     print_results(results)
     return 0
 
