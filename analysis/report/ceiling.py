@@ -73,9 +73,9 @@ def ceiling_ratio(ceiling: CeilingRecord | None, summary: Summary) -> CeilingRat
 def ceiling_findings(run: Run, summary: Summary, users) -> list[str]:
     c = run.ceiling
     if c is None:
-        return ["The inference-only ceiling was not measured for this run (no ceiling.json: a run "
-                "from before the sweep measured it), so how close the pipeline came to what its "
-                "models alone deliver is unknown."]
+        return ["The inference-only ceiling was not measured for this run (no ceiling.json: an "
+                "older sweep, or a run from the Locust web UI), so how close the pipeline came to "
+                "what its models alone deliver is unknown."]
     if not c.measured:
         return [f"The inference-only ceiling was not measured ({c.status}: {c.reason})."]
     cr = ceiling_ratio(c, summary)
