@@ -7,7 +7,7 @@ server for ``triton``/``tfserving``; the detector with the same micro-batch (``-
 ``--max-delay-ms``) behind one instance as in the gateway; one classifier instance per classifier
 worker (``--workers``, or the sweep's ``--worker-processes``) running batches of up to
 ``--worker-batch`` crops. The inputs are pre-decoded and pre-resized: a few corpus images per
-size class, decoded, resized and normalised once; the detector is run on each once and its crops
+size class (up to 16), decoded, resized and normalised once; the detector is run on each once and its crops
 (same thresholds and k) resized for the classifier, so k per size class is the real one.
 
 Three closed-loop measurements (``loadtest/ceiling_load.py``), each ``--ceiling-seconds`` after
@@ -29,7 +29,7 @@ import numpy as np
 from loadtest import ceiling_load
 from overhead.contract.ceiling import CeilingRecord, MixCeiling, StageCeiling
 
-IMAGES_PER_CLASS = 4
+IMAGES_PER_CLASS = 16   # the default corpus has 6 per class: all of them
 
 
 class CeilingSkipped(Exception):

@@ -99,10 +99,24 @@ def ceiling_findings(run: Run, summary: Summary, users) -> list[str]:
     if len(ks) == 1:
         head += (f" The ceiling is the same for every size class within noise (the detector's "
                  f"input is fixed after resize; k = {ks.pop():g} crops everywhere).")
+    head += _k_check(run, c)
     if cr.ratio > 1.05:
         head += (" Above 100%: the ceiling phase got less CPU than the steps did (another process "
                  "busy on shared cores then?); the CPU per request below is the steadier figure.")
     return [head + " " + _where_the_rest_went(run, summary, cr, c)]
+
+
+def _k_check(run: Run, c: CeilingRecord) -> str:
+    """Say so when the requests' mean crop count differs from the one the ceiling used."""
+    req = run.requests
+    ok = req[(req["status"] == 200) & req["error"].isna() & (req["k"] >= 0)]
+    off = []
+    for m in c.mixes:
+        seen = ok.loc[ok["size_class"] == m.size_class, "k"]
+        if len(seen) and abs(seen.mean() - m.k) > 0.25:
+            off.append(f"{m.size_class} {seen.mean():.2f} (ceiling {m.k:.2f})")
+    return (" The requests' mean crops differ from the ceiling's (its images are a sample of the "
+            "corpus): " + "; ".join(off) + ".") if off else ""
 
 
 def _where_the_rest_went(run: Run, summary: Summary, cr: CeilingRatio, c: CeilingRecord) -> str:
