@@ -6,9 +6,9 @@ sessions with the same intra/inter-op threads for ``embedded``, or our own clien
 server for ``triton``/``tfserving``; the detector with the same micro-batch (``--max-batch``,
 ``--max-delay-ms``) behind one instance as in the gateway; one classifier instance per classifier
 worker (``--workers``, or the sweep's ``--worker-processes``) running batches of up to
-``--worker-batch`` crops. The inputs are pre-decoded and pre-resized: a few corpus images per
-size class (up to 16), decoded, resized and normalised once; the detector is run on each once and its crops
-(same thresholds and k) resized for the classifier, so k per size class is the real one.
+``--worker-batch`` crops. The inputs are pre-decoded and pre-resized: the corpus images of each
+size class (up to 16), decoded, resized and normalised once; the detector is run on each once and
+its crops (same thresholds and k) resized for the classifier, so k per size class is the real one.
 
 Three closed-loop measurements (``loadtest/ceiling_load.py``), each ``--ceiling-seconds`` after
 ``--ceiling-warmup-seconds``: the detector alone (req/s), the classifier alone (crops/s), and per
