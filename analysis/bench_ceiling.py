@@ -11,11 +11,14 @@ with the highest goodput (more users than the gateway's request threads saturate
 says whether throughput was still rising at the last step). 8 MP runs with the gateway's default
 ``--reduced auto`` (DCT-reduced JPEG decode). Prints per size class the ratio against the targets
 (>= 0.85 at 1 MP, >= 0.7 at 8 MP on 2 cores), each process's CPU (psutil, cores per step), and the
-CPU per request outside inference: span time per component (decode, resize, normalize,
-postprocess, serialize, HTTP body; crops summed; the broker's wait + transit is shown but is not
-CPU) and the rest of the pipeline processes' CPU
-per request after inference (the ceiling's CPU per request) and those spans ("Python, HTTP,
-hand-offs"). Ends with one line per size class::
+CPU per request outside inference per component: decode, resize, normalize, postprocess and
+crop (de)serialization as the ceiling phase measured them alone (process CPU time, so other
+processes on the cores do not inflate them), and the rest of the pipeline processes' CPU per
+request after inference and those ("HTTP, broker, Python, hand-offs"); next to it the spans' wall
+time per component (crops summed; includes waiting for a busy core and the broker's queueing).
+On shared cores the req/s ratio moves with what else runs (the scheduler shares CPU by runnable
+thread); the CPU efficiency (inference CPU / pipeline CPU per request) is the steadier figure.
+Ends with one line per size class::
 
     ceiling ratio 1MP: 0.87 (pipeline 34.8 req/s, ceiling 40.0 req/s)
 
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.report.ceiling import ceiling_ratio
+from analysis.report.ceiling import ceiling_ratio, data_cpu_ms
 from analysis.report.cli import report as breakdown_report
 
 TARGETS = {"1MP": 0.85, "8MP": 0.7}
@@ -46,7 +49,6 @@ SPAN_COMPONENTS = {   # printed name -> (stage, component) spans summed per requ
     "HTTP body read": [("gateway", "transfer")],
     "broker wait+transit": [("classify", "broker")],
 }
-CPU_SPANS = ("decode", "resize", "normalize", "postprocess", "serialize (crops)", "HTTP body read")
 
 
 def parse_args(argv):
@@ -112,11 +114,12 @@ def analyse(size: str, run_dir: Path) -> dict:
     inf_ms = mix.cpu_ms_per_request if mix else None
     pipe_cores = sum(v or 0 for k, v in cpu.items() if k != "locust")
     pipe_ms = pipe_cores / cr.pipeline_rps * 1e3 if cr.pipeline_rps else None
-    rest = (pipe_ms - inf_ms - sum(spans[c] for c in CPU_SPANS)
+    data = data_cpu_ms(run.ceiling, cr)
+    rest = (pipe_ms - inf_ms - sum(data.values())
             if pipe_ms is not None and inf_ms is not None else None)
     return {"size": size, "ratio": cr.ratio, "pipeline": cr.pipeline_rps, "ceiling": cr.ceiling_rps,
             "users": int(step["users"]), "steps": steps, "spans": spans, "cpu": cpu,
-            "pipeline_cpu_ms": pipe_ms, "inference_cpu_ms": inf_ms, "rest_ms": rest,
+            "pipeline_cpu_ms": pipe_ms, "inference_cpu_ms": inf_ms, "rest_ms": rest, "data": data,
             "k": mix.k if mix else None, "stages": run.ceiling.stages, "run_dir": str(run_dir)}
 
 
@@ -147,11 +150,12 @@ def print_results(results: list[dict]) -> None:
         print(f"  CPU per request, ms: pipeline processes {fmt(r['pipeline_cpu_ms'])}, inference "
               f"(ceiling mix) {fmt(r['inference_cpu_ms'])}; CPU efficiency (inference / pipeline, "
               f"steadier than req/s on shared cores) {fmt(eff, '.2f')}")
-        print("  outside inference, span ms per request: " +
-              ", ".join(f"{k} {v:.2f}" for k, v in r["spans"].items()) +
-              f"; Python, HTTP, hand-offs (CPU not in these spans) {fmt(r['rest_ms'])}"
-              + (" (negative: span time includes waiting for a busy core)"
-                 if (r["rest_ms"] or 0) < 0 else ""))
+        print("  CPU per request outside inference, ms: " +
+              ", ".join(f"{k} {v:.2f}" for k, v in r["data"].items()) +
+              f" (each measured alone, process CPU); HTTP, broker, Python, hand-offs (the rest of "
+              f"the pipeline's CPU) {fmt(r['rest_ms'])}")
+        print("  span wall time per request, ms (crops summed; includes waiting for a core): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in r["spans"].items()))
     print()
     for r in results:
         if r["ratio"] is not None:

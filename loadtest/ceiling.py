@@ -99,34 +99,64 @@ def _outputs(info) -> tuple[str, str]:
     return ("boxes" if "boxes" in outs else outs[0]), ("scores" if "scores" in outs else outs[1])
 
 
-def prepare_items(spec: CeilingSpec, detector, corpus: list[dict], sizes: list[str]) -> dict:
+class _CpuClock:
+    """Process CPU per component (``process_time``: counts OpenCV's own threads too)."""
+
+    def __init__(self):
+        self.ns: dict[str, int] = {}
+
+    def __call__(self, component: str, fn, *args):
+        t0 = time.process_time_ns()
+        out = fn(*args)
+        self.ns[component] = self.ns.get(component, 0) + time.process_time_ns() - t0
+        return out
+
+
+def _serialize_round_trip(crop: np.ndarray) -> None:
+    """What a crop costs on the wire: the gateway's tobytes + encode, the worker's decode."""
+    from brokers.message import Message, decode_message, encode_message
+
+    m = decode_message(encode_message(Message("ceiling", "crop", 0, 1, crop.shape, "uint8",
+                                              0, payload=crop.tobytes())))
+    np.frombuffer(m.payload, np.uint8).reshape(m.shape)
+
+
+def prepare_items(spec: CeilingSpec, detector, corpus: list[dict], sizes: list[str]):
     """Per size class: ``[(detector input, [classifier inputs of its crops]), ...]`` from up to
     ``IMAGES_PER_CLASS`` corpus images, decoded and resized once (the detector run once on each
-    for its crops, with the gateway's thresholds and k)."""
+    for its crops, with the gateway's thresholds and k), and the CPU ms per request of each data
+    handling component on the way (decode, resize, normalize, postprocess, serialize: the same
+    calls the pipeline makes, measured alone)."""
     from pipelines.postprocess import postprocess
     from pipelines.preprocess import get_preprocessor
 
     s = spec.settings
     pre = get_preprocessor(s.preprocessor, reduced=s.reduced)
     det_hw, cls_hw = tuple(spec.detector.input_hw), tuple(spec.classifier.input_hw)
+    det_norm, cls_norm = spec.detector.normalization, spec.classifier.normalization
     boxes, scores = _outputs(spec.detector)
     out: dict[str, list] = {}
+    cpu_ms: dict[str, dict[str, float]] = {}
     for size in sizes:
-        items = []
+        items, clock = [], _CpuClock()
         for e in [e for e in corpus if e["size_class"] == size][:IMAGES_PER_CLASS]:
-            img, info = pre.decode(Path(e["path"]).read_bytes(), det_hw)
-            x = pre.normalize(pre.resize(img, det_hw), spec.detector.normalization)
+            img, info = clock("decode", pre.decode, Path(e["path"]).read_bytes(), det_hw)
+            x = clock("normalize", pre.normalize, clock("resize", pre.resize, img, det_hw), det_norm)
             r = detector.infer(x)
             src_hw = tuple(info.get("src_hw") or img.shape[:2])
-            pp = postprocess(r.outputs[boxes], r.outputs[scores], img, src_hw, s.score_threshold,
-                             s.iou_threshold, s.k)
-            crops = [pre.normalize(pre.resize(c, cls_hw), spec.classifier.normalization)
-                     for c in pp.crops]
+            pp = clock("postprocess", postprocess, r.outputs[boxes], r.outputs[scores], img, src_hw,
+                       s.score_threshold, s.iou_threshold, s.k)
+            crops = []
+            for c in pp.crops:
+                clock("serialize", _serialize_round_trip, c)
+                crops.append(clock("normalize", pre.normalize,
+                                   clock("resize", pre.resize, c, cls_hw), cls_norm))
             items.append((x, crops))
         if not items:
             raise CeilingSkipped(f"no corpus images of size class {size}")
         out[size] = items
-    return out
+        cpu_ms[size] = {c: ns / len(items) / 1e6 for c, ns in clock.ns.items()}
+    return out, cpu_ms
 
 
 # --- the measurement ---------------------------------------------------------------------------
@@ -151,7 +181,7 @@ def measure(spec: CeilingSpec, corpus: list[dict], sizes: list[str], seconds: fl
     s = spec.settings
     det, classifiers = _backends(spec)
     try:
-        items = prepare_items(spec, det, corpus, sizes)
+        items, prep_cpu = prepare_items(spec, det, corpus, sizes)
         every_crop = [c for its in items.values() for _, cs in its for c in cs]
         if not every_crop:   # no detections anywhere: the classifier still gets measured
             every_crop = [np.zeros((*spec.classifier.input_hw, 3), np.float32)]
@@ -172,7 +202,8 @@ def measure(spec: CeilingSpec, corpus: list[dict], sizes: list[str], seconds: fl
         for size, its in items.items():
             k = float(np.mean([len(cs) for _, cs in its]))
             r = ceiling_load.mix(det, classifiers, its, batch, callers, **win)
-            mixes.append(MixCeiling(size, k, r.rate, r.units, r.seconds, len(its), r.cpu_s))
+            mixes.append(MixCeiling(size, k, r.rate, r.units, r.seconds, len(its), r.cpu_s,
+                                    prep_cpu[size]))
             say(f"mix {size} (k={k:.2f}): {r.rate:.1f} req/s")
     finally:
         for b in (det, *classifiers):

@@ -96,6 +96,9 @@ def test_ceiling_of_real_onnx_sessions(tmp_path, tiny_detector, tiny_classifier,
     for size in ("small", "large"):
         m = rec.mix(size)
         assert m.rps > 0 and m.requests > 0 and m.k == 3.0 and m.cpu_s is not None
+        # the data handling around the models, measured alone in process CPU
+        assert set(m.data_cpu_ms) == {"decode", "resize", "normalize", "postprocess", "serialize"}
+        assert all(v >= 0 for v in m.data_cpu_ms.values()) and m.data_cpu_ms["decode"] > 0
     assert rec.settings["intra_op_threads"] == 1 and rec.settings["classifier_instances"] == 2
     assert any(s.startswith("detector alone") for s in said)
     write_ceiling(tmp_path, rec)
@@ -131,7 +134,7 @@ def test_bench_ceiling_smoke_real_sweep_ceiling_and_report(tmp_path):
     m = re.fullmatch(r"ceiling ratio 0\.1MP: (\d+\.\d\d) \(pipeline (\d+\.\d) req/s, "
                      r"ceiling (\d+\.\d) req/s\)", last)
     assert m, proc.stdout[-2000:]
-    assert "CPU per request" in proc.stdout and "decode" in proc.stdout
+    assert "CPU per request outside inference, ms: decode " in proc.stdout
     run = out / "0.1MP"
     rec = read_ceiling(run)
     assert rec.measured and rec.settings["k"] == 2 and rec.mix("0.1MP").k <= 2
@@ -147,6 +150,7 @@ def test_bench_ceiling_smoke_real_sweep_ceiling_and_report(tmp_path):
     ratio, pipe, ceil = (float(g) for g in m.groups())
     assert f"({pipe:.1f} req/s of {ceil:.1f})" in first
     assert ratio == pytest.approx(pipe / ceil, abs=0.02)
+    assert "= inference " in first and "the rest (HTTP, broker, Python" in first
     md = (run / "report.md").read_text()
     assert "## Inference-only ceiling" in md and "detect alone" in md
     assert md.index("Pipeline reached") < md.index("decode+resize take")   # the first finding

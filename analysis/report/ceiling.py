@@ -130,14 +130,9 @@ def _where_the_rest_went(run: Run, summary: Summary, cr: CeilingRatio, c: Ceilin
     parts = [f"non-inference share of the critical path {fmt_pct(1 - share('inference'))}",
              f"queueing (queue + backlog) {fmt_pct(sum(share(q) for q in QUEUEING))}"]
     cpu = _cpu_ms_per_request(run, cr)
-    if cpu:
-        pipeline = sum(ms for name, ms in cpu.items() if name != "load generator")
-        inf = _inference_cpu_ms(c, cr)
-        text = "; ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
-        if inf and pipeline:
-            text += (f" — the pipeline's {pipeline:.1f} ms against {inf:.1f} ms of inference in "
-                     f"the ceiling's mix: {pipeline - inf:.1f} ms per request outside inference")
-        parts.append(f"CPU per request, ms: {text}")
+    text = cpu_breakdown_text(cpu, _inference_cpu_ms(c, cr), data_cpu_ms(c, cr))
+    if text:
+        parts.append(text)
     return "Where the rest went at that step: " + "; ".join(parts) + "."
 
 
@@ -157,16 +152,49 @@ def _cpu_ms_per_request(run: Run, cr: CeilingRatio) -> dict[str, float]:
     return out
 
 
-def _inference_cpu_ms(c: CeilingRecord, cr: CeilingRatio) -> float | None:
-    """Inference CPU per request in the ceiling's mix, weighted like the step's requests."""
+def _weighted(c: CeilingRecord, cr: CeilingRatio, value) -> float | None:
+    """``value(mix)`` averaged over the size classes like the step's requests."""
     total, weight = 0.0, 0.0
     for size, (_, z) in cr.per_size.items():
         m = c.mix(size)
-        if m is None or m.cpu_ms_per_request is None:
+        v = value(m) if m is not None else None
+        if v is None:
             return None
-        total += m.cpu_ms_per_request * z
+        total += v * z
         weight += z
     return total / weight if weight else None
+
+
+def _inference_cpu_ms(c: CeilingRecord, cr: CeilingRatio) -> float | None:
+    """Inference CPU per request in the ceiling's mix."""
+    return _weighted(c, cr, lambda m: m.cpu_ms_per_request)
+
+
+def data_cpu_ms(c: CeilingRecord, cr: CeilingRatio) -> dict[str, float]:
+    """CPU ms per request of each data-handling component, measured alone by the ceiling phase."""
+    comps = sorted({k for m in c.mixes for k in m.data_cpu_ms})
+    out = {comp: _weighted(c, cr, lambda m, comp=comp: m.data_cpu_ms.get(comp, 0.0)) for comp in comps}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def cpu_breakdown_text(cpu: dict[str, float], inference: float | None,
+                       data: dict[str, float]) -> str:
+    """"CPU per request: the pipeline's processes P ms = inference + data handling + the rest"."""
+    pipeline = sum(ms for name, ms in cpu.items() if name != "load generator")
+    if not pipeline:
+        return ""
+    procs = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items() if name != "load generator")
+    text = f"CPU per request: the pipeline's processes {pipeline:.1f} ms ({procs})"
+    if inference:
+        text += f" = inference {inference:.1f} (the ceiling's mix)"
+        if data:
+            text += " + " + " + ".join(f"{k} {v:.1f}" for k, v in data.items()) + " (measured alone)"
+        rest = pipeline - inference - sum(data.values())
+        text += (f" + {rest:.1f} the rest (HTTP, broker, Python, thread hand-offs); CPU "
+                 f"efficiency (inference / pipeline CPU) {fmt_pct(inference / pipeline)}")
+    if cpu.get("load generator") is not None:
+        text += f"; the load generator {cpu['load generator']:.1f} ms"
+    return text
 
 
 def ceiling_table(run: Run, summary: Summary):

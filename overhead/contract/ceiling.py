@@ -10,7 +10,9 @@ saturating concurrency, over a fixed window after a short warm-up:
     CeilingRecord  the whole measurement (or why it was not measured: ``status`` "skipped")
 
 ``cpu_s`` is the measuring process's CPU over the window (psutil): the models' own CPU, so
-``cpu_s / requests`` is the inference CPU a request needs. Written and read as JSON here.
+``cpu_s / requests`` is the inference CPU a request needs. ``data_cpu_ms``: the CPU of the same
+decode, resize, normalize, postprocess and crop (de)serialization calls the pipeline makes,
+measured one at a time on the class's images (process CPU time: unaffected by other processes). Written and read as JSON here.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ class MixCeiling:
     seconds: float
     images: int         # distinct pre-decoded images of the class cycled through
     cpu_s: float | None = None
+    # CPU ms per request of the data handling the pipeline does around the models (decode, resize,
+    # normalize, postprocess, serialize; crops summed), measured alone while preparing the inputs
+    data_cpu_ms: dict = field(default_factory=dict)
 
     @property
     def cpu_ms_per_request(self) -> float | None:
