@@ -87,7 +87,9 @@ def spec_from_config(gateway_config: dict, worker_processes: int = 0) -> Ceiling
     settings = GatewaySettings.model_construct(**{k: v for k, v in raw.items() if k in fields})
     instances = settings.workers if settings.workers > 0 else worker_processes
     if instances < 1:
-        raise CeilingSkipped("no classifier workers (gateway --workers 0 and no worker processes)")
+        raise CeilingSkipped("the gateway runs no classifier workers itself (--workers 0) and this "
+                             "sweep started no worker processes: the classifier instance count "
+                             "is unknown")
     return CeilingSpec(settings, _model_info(models["detector"]), _model_info(models["classifier"]),
                        instances)
 

@@ -162,3 +162,25 @@ def test_bench_ceiling_smoke_real_sweep_ceiling_and_report(tmp_path):
     assert "## Inference-only ceiling" not in (run / "report.md").read_text()
     write_ceiling(run, CeilingRecord("skipped", "--no-ceiling"))
     assert "not measured (skipped: --no-ceiling)" in report(run, quiet=True).findings[0]
+
+
+def test_the_ratio_of_a_blend_of_size_classes_uses_the_harmonic_ceiling():
+    """Known answer: half the requests at a 10 req/s ceiling, half at 30 -> the blend's ceiling
+    is 1 / (0.5/10 + 0.5/30) = 15 req/s; the best step by goodput is the one compared."""
+    import pandas as pd
+
+    from analysis.report.ceiling import ceiling_ratio
+    from analysis.report.summary import Summary
+    from overhead.contract.ceiling import MixCeiling
+
+    rec = CeilingRecord("measured", mixes=(MixCeiling("1MP", 4.0, 10.0, 20, 2.0, 6),
+                                           MixCeiling("8MP", 4.0, 30.0, 60, 2.0, 6)))
+    steps = pd.DataFrame({"step": [0, 1], "users": [2, 8], "requests": [40, 120],
+                          "throughput_rps": [4.0, 12.0], "goodput_rps": [4.0, 12.0]})
+    main = pd.DataFrame({"step": [0, 0, 1, 1], "users": [2, 2, 8, 8],
+                         "size_class": ["1MP", "8MP", "1MP", "8MP"], "requests": [20, 20, 60, 60]})
+    cr = ceiling_ratio(rec, Summary(main=main, stages=pd.DataFrame(), steps=steps))
+    assert cr.step == 1 and cr.users == 8
+    assert cr.ceiling_rps == pytest.approx(15.0) and cr.ratio == pytest.approx(0.8)
+    assert cr.per_size == {"1MP": pytest.approx((6.0, 7.5)), "8MP": pytest.approx((6.0, 7.5))}
+    assert ceiling_ratio(CeilingRecord("skipped", "--no-ceiling"), Summary(main, main, steps)) is None
