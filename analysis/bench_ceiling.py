@@ -153,7 +153,9 @@ def print_results(results: list[dict]) -> None:
         print("  CPU per request outside inference, ms: " +
               ", ".join(f"{k} {v:.2f}" for k, v in r["data"].items()) +
               f" (each measured alone, process CPU); HTTP, broker, Python, hand-offs (the rest of "
-              f"the pipeline's CPU) {fmt(r['rest_ms'])}")
+              f"the pipeline's CPU) {fmt(r['rest_ms'])}"
+              + (" (negative: the figures above come from different moments on shared cores)"
+                 if (r["rest_ms"] or 0) < 0 else ""))
         print("  span wall time per request, ms (crops summed; includes waiting for a core): " +
               ", ".join(f"{k} {v:.2f}" for k, v in r["spans"].items()))
     print()

@@ -150,7 +150,7 @@ def test_bench_ceiling_smoke_real_sweep_ceiling_and_report(tmp_path):
     ratio, pipe, ceil = (float(g) for g in m.groups())
     assert f"({pipe:.1f} req/s of {ceil:.1f})" in first
     assert ratio == pytest.approx(pipe / ceil, abs=0.02)
-    assert "= inference " in first and "the rest (HTTP, broker, Python" in first
+    assert "= inference " in first and "+ the rest (HTTP, broker, Python" in first
     md = (run / "report.md").read_text()
     assert "## Inference-only ceiling" in md and "detect alone" in md
     assert md.index("Pipeline reached") < md.index("decode+resize take")   # the first finding

@@ -24,6 +24,7 @@ from analysis.report.fmt import fmt_ms, fmt_pct
 from analysis.report.load import Run
 from analysis.report.summary import Summary, size_sort_key
 from overhead.contract.ceiling import CeilingRecord
+from overhead.contract.records import COMPONENTS
 
 QUEUEING = ("queue", "backlog")
 
@@ -96,7 +97,7 @@ def ceiling_findings(run: Run, summary: Summary, users) -> list[str]:
                 f"blend of size classes) at {who}; per size class {per} req/s (each class alone: "
                 f"{alone} req/s).")
     ks = {round(m.k, 2) for m in c.mixes}
-    if len(ks) == 1:
+    if len(ks) == 1 and len(c.mixes) > 1:
         head += (f" The ceiling is the same for every size class within noise (the detector's "
                  f"input is fixed after resize; k = {ks.pop():g} crops everywhere).")
     head += _k_check(run, c)
@@ -172,7 +173,8 @@ def _inference_cpu_ms(c: CeilingRecord, cr: CeilingRatio) -> float | None:
 
 def data_cpu_ms(c: CeilingRecord, cr: CeilingRatio) -> dict[str, float]:
     """CPU ms per request of each data-handling component, measured alone by the ceiling phase."""
-    comps = sorted({k for m in c.mixes for k in m.data_cpu_ms})
+    seen = {k for m in c.mixes for k in m.data_cpu_ms}
+    comps = [k for k in COMPONENTS if k in seen] + sorted(seen - set(COMPONENTS))
     out = {comp: _weighted(c, cr, lambda m, comp=comp: m.data_cpu_ms.get(comp, 0.0)) for comp in comps}
     return {k: v for k, v in out.items() if v is not None}
 
@@ -190,7 +192,7 @@ def cpu_breakdown_text(cpu: dict[str, float], inference: float | None,
         if data:
             text += " + " + " + ".join(f"{k} {v:.1f}" for k, v in data.items()) + " (measured alone)"
         rest = pipeline - inference - sum(data.values())
-        text += (f" + {rest:.1f} the rest (HTTP, broker, Python, thread hand-offs); CPU "
+        text += (f" + the rest (HTTP, broker, Python, thread hand-offs) {rest:.1f}; CPU "
                  f"efficiency (inference / pipeline CPU) {fmt_pct(inference / pipeline)}")
     if cpu.get("load generator") is not None:
         text += f"; the load generator {cpu['load generator']:.1f} ms"
