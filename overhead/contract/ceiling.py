@@ -30,7 +30,8 @@ class StageCeiling:
     unit: str           # "req/s" | "crops/s"
     rate: float         # units per second over the window
     units: int          # images (detect) or crops (classify) finished in the window
-    calls: int          # inference calls finished in the window (a call may carry a batch)
+    calls: int          # callers' calls finished in the window (a classifier call carries a
+                        # batch; the detector's micro-batcher may merge several calls into one)
     seconds: float      # the window
     callers: int        # concurrent callers
     instances: int      # model instances (sessions or server clients) used
