@@ -1,10 +1,11 @@
 """The pipeline against its inference-only ceiling, per size class, side by side in one run.
 
-    python analysis/bench_ceiling.py [--sizes 0.1MP,1MP,8MP] [--users 2,4,8] [--step-seconds 10]
+    python analysis/bench_ceiling.py [--sizes 0.1MP,1MP,8MP] [--users 2,4,8,16] [--step-seconds 10]
         [--warmup-seconds 2] [--ceiling-seconds 3] [--out DIR] [gateway options, e.g. --k 4]
 
 For each size class one closed-loop sweep (``python -m loadtest.sweep --sizes S``): the sweep
-starts the gateway (ONNX Runtime threads pinned: ``--intra-op-threads 1`` unless given), measures
+starts the gateway (ONNX Runtime threads pinned: ``--intra-op-threads 1`` unless given;
+``--max-queued`` twice the most users, so no user is turned away), measures
 the inference-only ceiling with the gateway's own models and settings (``loadtest/ceiling.py``,
 RUN_DIR/ceiling.json), then steps the users up (``--users``); the pipeline's figure is the step
 with the highest goodput (more users than the gateway's request threads saturate it; the table
@@ -56,7 +57,9 @@ def parse_args(argv):
                                  description=__doc__.split("\n\n")[0],
                                  epilog="Other options go to the sweep (and so to the gateway).")
     ap.add_argument("--sizes", default="0.1MP,1MP,8MP")
-    ap.add_argument("--users", default="2,4,8", help="closed-loop steps of each sweep")
+    ap.add_argument("--users", default="2,4,8,16",
+                    help="closed-loop steps of each sweep (the gateway's --max-queued is set to "
+                         "twice the largest unless given)")
     ap.add_argument("--step-seconds", type=float, default=10.0)
     ap.add_argument("--warmup-seconds", type=float, default=2.0)
     ap.add_argument("--ceiling-seconds", type=float, default=3.0)
@@ -69,6 +72,9 @@ def run_size(size: str, out: Path, args, extra: list[str]) -> Path:
     run_dir = out / size
     if "--intra-op-threads" not in " ".join(extra):
         extra = [*extra, "--intra-op-threads", "1"]
+    if "--max-queued" not in " ".join(extra):   # every user admitted (default: 2 x --threads)
+        most = max(int(u.split(":")[0]) for u in args.users.split(","))
+        extra = [*extra, "--max-queued", str(2 * most)]
     cmd = [sys.executable, "-m", "loadtest.sweep", "--out", str(run_dir), "--overwrite",
            "--sizes", size, "--users", args.users, "--step-seconds", str(args.step_seconds),
            "--warmup-seconds", str(args.warmup_seconds), "--min-requests", "1",
