@@ -9,11 +9,11 @@
 
 Without ``--host`` the gateway is started here (``python -m pipelines.gateway`` on a free loopback
 port, spans into RUN_DIR/spans, log in RUN_DIR/logs/gateway.log) and stopped at the end by PID
-(SIGTERM, then SIGKILL of its process group after a timeout). Options this runner does not know
-are passed to the gateway. Locust runs in its own process (it monkey-patches with gevent) with
-``loadtest/locustfile.py`` and the stepped shape of ``loadtest/shapes.py``; its CPU time and the
-gateway's are sampled with psutil and reported per step. At the end: spans/ parts are merged into
-spans.parquet, config.json says what ran, and ``analysis/breakdown.py`` prints and writes the report.
+(SIGTERM, then SIGKILL of its process group after a timeout); options this runner does not know
+go to the gateway. Before the steps: the inference-only ceiling (``loadtest/ceiling.py``,
+ceiling.json; ``--no-ceiling``). Locust runs in its own process (``loadtest/locustfile.py``, the
+stepped shape of ``loadtest/shapes.py``); its CPU and the gateway's are sampled with psutil per
+step. At the end spans/ parts are merged and ``analysis/breakdown.py`` writes the report.
 
 Brokers between the two DNNs: ``--broker memory://|redis://HOST:PORT|kafka://HOST:PORT`` is passed
 to the gateway; ``--broker redis://local`` / ``kafka://local`` first starts a redis-server / tansu
