@@ -9,11 +9,11 @@
 
 Without ``--host`` the gateway is started here (``python -m pipelines.gateway`` on a free loopback
 port, spans into RUN_DIR/spans, log in RUN_DIR/logs/gateway.log) and stopped at the end by PID
-(SIGTERM, then SIGKILL of its process group after a timeout). Options this runner does not know
-are passed to the gateway. Locust runs in its own process (it monkey-patches with gevent) with
-``loadtest/locustfile.py`` and the stepped shape of ``loadtest/shapes.py``; its CPU time and the
-gateway's are sampled with psutil and reported per step. At the end: spans/ parts are merged into
-spans.parquet, config.json says what ran, and ``analysis/breakdown.py`` prints and writes the report.
+(SIGTERM, then SIGKILL of its process group after a timeout); options this runner does not know
+go to the gateway. Before the steps: the inference-only ceiling (``loadtest/ceiling.py``,
+ceiling.json; ``--no-ceiling``). Locust runs in its own process (``loadtest/locustfile.py``, the
+stepped shape of ``loadtest/shapes.py``); its CPU and the gateway's are sampled with psutil per
+step. At the end spans/ parts are merged and ``analysis/breakdown.py`` writes the report.
 
 Brokers between the two DNNs: ``--broker memory://|redis://HOST:PORT|kafka://HOST:PORT`` is passed
 to the gateway; ``--broker redis://local`` / ``kafka://local`` first starts a redis-server / tansu
@@ -69,7 +69,7 @@ __all__ = ["SweepError", "corpus_manifest", "main", "parse_args", "worker_option
 # --- the sweep --------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None):
-    from overhead.config import LoadSettings
+    from overhead.config import CeilingSettings, LoadSettings
     ap = argparse.ArgumentParser(prog="python -m loadtest.sweep", description=__doc__.split("\n\n")[0],
                                  allow_abbrev=False,  # never swallow a gateway option by its prefix
                                  epilog="Unknown options are passed to the gateway.")
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--users", default="1,2,4,8",
                     help='concurrency steps, "1,2,4,8" or per-step seconds "1:20,2:30"')
     LoadSettings.add_arguments(ap)   # --step-seconds, --warmup-seconds, --arrivals, --rates, ...
+    CeilingSettings.add_arguments(ap)   # --ceiling-seconds, --no-ceiling (loadtest/ceiling.py)
     ap.add_argument("--host", default=None, help="use a running gateway at this URL instead of starting one")
     ap.add_argument("--gateway-arg", action="append", default=[],
                     help="argument for the gateway (repeatable), e.g. --gateway-arg=--k=4")
@@ -112,7 +113,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--no-report", action="store_true", help="skip the breakdown report")
     ap.add_argument("--overwrite", action="store_true", help="reuse a run directory that has results")
     args, extra = ap.parse_known_args(argv)
-    vars(args).update(LoadSettings.from_namespace(args).model_dump())  # flags > OVERHEAD_* > defaults
+    for settings in (LoadSettings, CeilingSettings):   # flags > OVERHEAD_* > defaults
+        vars(args).update(settings.from_namespace(args).model_dump())
     if extra and args.host:
         ap.error(f"unknown options {extra} (options are passed to the gateway only without --host)")
     args.gateway_args = [*extra, *args.gateway_arg]
@@ -159,6 +161,7 @@ class Sweep:
     locust: LocustRun | None = None
     depth: DepthSampler | None = None
     proc_samples: list = field(default_factory=list)
+    corpus: list = field(default_factory=list)       # corpus.json entries
     samples: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     faults: FaultInjector | None = None
@@ -186,14 +189,15 @@ class Sweep:
             raise SweepError(f"{self.run.path} already holds a run (requests.parquet); "
                              f"choose another --out or pass --overwrite")
         self.run.create()
-        for stale in (self.run.requests, self.run.steps, self.run.spans, self.run.locust_final):
+        for stale in (self.run.requests, self.run.steps, self.run.spans, self.run.locust_final,
+                      self.run.ceiling):
             stale.unlink(missing_ok=True)
         self.config = run_config(self.argv, self.args, self.schedule, self.rule, self.sizes,
                                  self.rates)
         write_config(self.run.path, self.config)
 
     def build_corpus(self) -> None:
-        entries = corpus_manifest(self.run, self.sizes, self.args.manifest)
+        entries = self.corpus = corpus_manifest(self.run, self.sizes, self.args.manifest)
         self.config["corpus"] = corpus_summary(entries)
         if not self.sizes:
             self.config["load"]["sizes"] = sorted({e["size_class"] for e in entries})
@@ -225,6 +229,10 @@ class Sweep:
         self.config["run"].update(host=host, managed_gateway=self.gateway is not None)
         write_config(self.run.path, self.config)
         return host
+
+    def measure_ceiling(self) -> None:   # loadtest/ceiling.py: RUN_DIR/ceiling.json
+        from loadtest.ceiling import sweep_phase
+        self.config["ceiling"] = sweep_phase(self)
 
     def run_locust(self, host: str) -> None:
         if self.args.depth_interval > 0:
@@ -330,6 +338,7 @@ def run_sweep(sweep: Sweep) -> None:
     sweep.prepare()
     sweep.build_corpus()
     host = sweep.start_gateway()
+    sweep.measure_ceiling()
     print(f"sweep: {host} ready; Locust: {sweep.schedule.users} users, "
           f"{sweep.schedule.total_seconds:.0f} s, logs in {sweep.run.logs}", file=sys.stderr)
     sweep.run_locust(host)

@@ -12,6 +12,7 @@ for Locust), ``choices`` from ``Literal`` types, booleans as ``--name/--no-name`
     ModelsSettings      ``python -m deploy.services build-models`` (the Compose/Kubernetes builder)
     LoadSettings        the load options the sweep and the Locust file share (same defaults)
       LocustSettings    plus the Locust file's own (run directory, steps, spans)
+    CeilingSettings     the sweep's inference-only ceiling phase (duration, skip)
 
 This module is at the bottom of the house: it imports nothing from the project.
 """
@@ -262,6 +263,18 @@ class LoadSettings(Options):
                                  "success); recorded in config.json for the report")
 
 
+class CeilingSettings(Options):
+    """The sweep's inference-only ceiling phase (``loadtest/ceiling.py``): the gateway's models
+    alone, on pre-decoded tensors, before the steps."""
+
+    ceiling_seconds: float = Field(2.0, description="seconds measured per ceiling measurement "
+                                   "(detector alone, classifier alone, the mix per size class)")
+    ceiling_warmup_seconds: float = Field(0.5, description="warm-up before each ceiling "
+                                          "measurement (not counted)")
+    no_ceiling: bool = Field(False, description="skip the inference-only ceiling phase (the "
+                             "report then says the ceiling was not measured)")
+
+
 class LocustSettings(LoadSettings):
     """``locust -f loadtest/locustfile.py``: the shared load options plus the Locust file's own."""
 
@@ -273,7 +286,8 @@ class LocustSettings(LoadSettings):
                            "this run's requests are merged into RUN_DIR/spans.parquet")
 
 
-SETTINGS_CLASSES = (GatewaySettings, WorkerSettings, ModelsSettings, LoadSettings, LocustSettings)
+SETTINGS_CLASSES = (GatewaySettings, WorkerSettings, ModelsSettings, LoadSettings, LocustSettings,
+                    CeilingSettings)
 
 
 def env_names() -> set[str]:

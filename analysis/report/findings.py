@@ -6,6 +6,7 @@ import math
 import pandas as pd
 
 from analysis.report.attribution import UNCOVERED
+from analysis.report.ceiling import ceiling_findings
 from analysis.report.fmt import fmt_ms, fmt_pct, plain_users
 from analysis.report.load import Run, count_check
 from analysis.report.summary import Summary, size_sort_key
@@ -20,7 +21,8 @@ def findings(run: Run, summary: Summary) -> list[str]:
     def users(n) -> str:  # open-loop steps are labelled by their rate
         return summary.load_labels.get(int(n)) or plain_users(n)
 
-    out = _data_handling(main, summary, users)
+    out = ceiling_findings(run, summary, users)   # first: the pipeline against its ceiling
+    out += _data_handling(main, summary, users)
     out += _largest_components(main, summary, users)
     out += _broker_vs_backlog(main, summary, users)
     out += _unexplained_other(main, users)

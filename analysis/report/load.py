@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from overhead.contract.ceiling import CeilingRecord, read_ceiling
 from overhead.contract.runconfig import read_config
 from overhead.contract.rundir import (
     RunDir, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
@@ -27,6 +28,7 @@ class Run:
     locust_stats_csv: dict | None = None
     stability_live: dict | None = None
     open_loop: dict | None = None      # locust/openloop.json (or config load) when open loop
+    ceiling: CeilingRecord | None = None   # ceiling.json (None: a run from before it existed)
 
     @property
     def is_open_loop(self) -> bool:
@@ -57,7 +59,8 @@ def load_run(run_dir) -> Run:
     return Run(path=run.path, config=read_config(run.path), steps=read_steps(run.path),
                requests=read_requests(run.path), spans=read_spans(run.path), cpu=cpu,
                locust_final=read_json(run.locust_final), locust_stats_csv=read_locust_stats_csv(run.path),
-               stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop))
+               stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop),
+               ceiling=read_ceiling(run.path))
 
 
 def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -12,6 +12,7 @@ import jinja2
 import pandas as pd
 
 from analysis.report import tables
+from analysis.report.ceiling import ceiling_table
 from analysis.report.attribution import E2E
 from analysis.report.faults import fault_table
 from analysis.report.load import Run
@@ -94,7 +95,8 @@ def context(run: Run, attr: pd.DataFrame, summary: Summary, notes: list[str], va
         main_table=tables.main_table(summary, with_p50=True, steps=steps),
         headline_table=tables.headline_table(summary, steps=steps),
         trace=_slowest_trace(run.path),
-        stage_table=tables.stage_table(summary), steps_table=tables.steps_table(summary, run, steps),
+        stage_table=tables.stage_table(summary), ceiling_table=ceiling_table(run, summary),
+        steps_table=tables.steps_table(summary, run, steps),
         work_table=tables.main_table(work, with_p50=False) if work is not None else None,
         plots=[Figure(p) for p in plots], serving=serving,
         faults_table=fault_table(run.config.get("faults") or [], run.requests, run.steps),

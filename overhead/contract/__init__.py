@@ -3,6 +3,7 @@
     records.py    Span, RequestRecord, StepRecord (one Arrow schema each), STAGES, COMPONENTS
     rundir.py     the run directory: paths, Parquet/JSON read and write helpers
     runconfig.py  config.json as a typed RunConfig (one reader, one writer)
+    ceiling.py    the inference-only ceiling (CeilingRecord, ceiling.json)
     stability.py  is a load step stable? (windowed throughput and p50)
     topics.py     broker topic names of the pipeline
 

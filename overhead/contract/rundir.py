@@ -4,6 +4,7 @@ A run is a directory (docs/architecture.md, "Run directory")::
 
     RUN_DIR/
       config.json        what ran
+      ceiling.json       the inference-only ceiling measured before the steps (contract/ceiling.py)
       steps.parquet      step, users, start_ns, measure_start_ns, end_ns
       requests.parquet   one row per request, from the load generator
       spans.parquet      all spans (merged from spans/ parts at the end of a sweep)
@@ -41,6 +42,7 @@ class RunDir:
     spans = property(lambda self: self.path / "spans.parquet")
     spans_parts = property(lambda self: self.path / "spans")
     cpu = property(lambda self: self.path / "cpu.parquet")
+    ceiling = property(lambda self: self.path / "ceiling.json")   # overhead.contract.ceiling
     corpus = property(lambda self: self.path / "corpus.json")
     locust = property(lambda self: self.path / "locust")
     locust_csv_prefix = property(lambda self: self.path / "locust" / "locust")
