@@ -32,7 +32,7 @@ from locust.runners import WorkerRunner
 from loadtest import overhead_tab
 from loadtest.cpu import write_cpu_tables
 from loadtest.state import LoadState, UITest
-from overhead.contract.records import Span, StepRecord, arrow_schema, field_names
+from overhead.contract.records import Span, StepRecord, arrow_schema, select_columns
 from overhead.contract.runconfig import (
     LoadConfig, RunConfig, RunInfo, read_run_config, write_config,
 )
@@ -239,7 +239,7 @@ def merge_ui_spans(state: LoadState | None, run: RunDir, spans_dir: str,
         tables = []
         for part in sorted(Path(spans_dir).glob("*.parquet")):
             try:
-                t = pq.read_table(part).select(list(field_names(Span)))
+                t = select_columns(pq.read_table(part), Span)
             except Exception as exc:  # a part being written right now
                 log.warning("overhead: skipping spans part %s: %s", part, exc)
                 continue

@@ -9,7 +9,7 @@ import pandas as pd
 
 from overhead.contract.runconfig import read_config
 from overhead.contract.rundir import (
-    RunDir, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
+    RunDir, read_json, read_locust_stats_csv, read_processes, read_requests, read_spans, read_steps,
 )
 
 LAG_STAGE, LAG_COMPONENT = "client", "schedule_lag"  # the synthetic span of open-loop lag
@@ -27,6 +27,7 @@ class Run:
     locust_stats_csv: dict | None = None
     stability_live: dict | None = None
     open_loop: dict | None = None      # locust/openloop.json (or config load) when open loop
+    processes: dict | None = None      # processes.json by HOST:PID ({} for older runs)
 
     @property
     def is_open_loop(self) -> bool:
@@ -57,7 +58,8 @@ def load_run(run_dir) -> Run:
     return Run(path=run.path, config=read_config(run.path), steps=read_steps(run.path),
                requests=read_requests(run.path), spans=read_spans(run.path), cpu=cpu,
                locust_final=read_json(run.locust_final), locust_stats_csv=read_locust_stats_csv(run.path),
-               stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop))
+               stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop),
+               processes=read_processes(run.path))
 
 
 def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
