@@ -135,6 +135,7 @@ def test_a_worker_on_a_skewed_host_is_found_and_placed_within_its_stated_error(t
     print(rep.clocks.to_string())
     # every process is named with its own host
     procs = rep.run.processes
+    print(pd.DataFrame(list(procs.values())).to_string())   # wall/mono at start, per host
     hosts = {p["role"]: set() for p in procs.values()}
     for p in procs.values():
         hosts[p["role"]].add(p["host"])

@@ -72,7 +72,7 @@ def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[p
     lag = req.loc[real_send > intended, ["request_id"]].copy()
     lag["stage"], lag["component"] = LAG_STAGE, LAG_COMPONENT
     lag["start_ns"], lag["end_ns"] = intended[real_send > intended], real_send[real_send > intended]
-    lag["attrs"] = None
+    lag["attrs"] = lag["process"] = None   # the load generator's clock (stage "client")
     return req, pd.concat([spans_df, lag[list(spans_df.columns)]], ignore_index=True) if len(lag) else spans_df
 
 
