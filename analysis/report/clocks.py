@@ -87,7 +87,8 @@ def clocks_note(table: pd.DataFrame) -> list[str]:
         return []
     parts = []
     for _, r in table.iterrows():
-        who = f"{r['role']} `{r['name']}`" + (f" (`{r['process']}`)" if r["process"] else "")
+        who = r["role"] if r["name"] == r["role"] else f"{r['role']} `{r['name']}`"
+        who += f" (`{r['process']}`)" if r["process"] else ""
         parts.append(f"{who} vs the {r['reference']}: {r['theta_ns'] / 1e6:+.2f} ± "
                      f"{r['err_ns'] / 1e6:.2f} ms ({int(r['exchanges'])} round trips"
                      f"{', corrected' if r['corrected'] else ''})")
