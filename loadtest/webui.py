@@ -36,7 +36,10 @@ from overhead.contract.records import Span, StepRecord, arrow_schema, select_col
 from overhead.contract.runconfig import (
     LoadConfig, RunConfig, RunInfo, read_run_config, write_config,
 )
-from overhead.contract.rundir import RunDir, merge_span_parts, write_parquet_atomic, write_records
+from overhead.contract.rundir import (
+    RunDir, merge_span_parts, process_files, read_process_files, write_json_atomic,
+    write_parquet_atomic, write_records,
+)
 
 log = logging.getLogger("overhead.locustfile")
 
@@ -249,6 +252,10 @@ def merge_ui_spans(state: LoadState | None, run: RunDir, spans_dir: str,
         table = pa.concat_tables(tables) if tables else None
         if table is not None:
             write_parquet_atomic(table, run.spans)
+        procs = read_process_files([run.processes, *process_files(run.spans_parts),
+                                    *process_files(spans_dir)])
+        if procs:   # whose clocks stamped them (the gateway's and its workers')
+            write_json_atomic(list(procs.values()), run.processes)
         return table.num_rows if table is not None else None
     if not run.spans.exists() and not any(run.spans_parts.glob("*.parquet")):
         return None

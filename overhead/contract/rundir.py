@@ -152,7 +152,13 @@ def merge_span_parts(run_dir: str | os.PathLike, remove_parts: bool = True) -> i
 
 
 def process_parts(run: RunDir) -> list[Path]:
-    return sorted(run.spans_parts.glob("_processes-*.json")) if run.spans_parts.is_dir() else []
+    return process_files(run.spans_parts)
+
+
+def process_files(directory: str | os.PathLike) -> list[Path]:
+    """The ``_processes-<pid>.json`` files a span flusher wrote into ``directory``."""
+    d = Path(directory)
+    return sorted(d.glob("_processes-*.json")) if d.is_dir() else []
 
 
 def write_processes(processes, directory: str | os.PathLike) -> Path:
@@ -166,8 +172,12 @@ def read_processes(run_dir: str | os.PathLike) -> dict[str, dict]:
     """``{HOST:PID: {process, host, pid, role, wall_ns, mono_ns}}`` of a run (processes.json plus
     parts not merged yet; {} for runs from before processes were recorded)."""
     run = RunDir(run_dir)
+    return read_process_files([run.processes, *process_parts(run)])
+
+
+def read_process_files(paths) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for path in [run.processes, *process_parts(run)]:
+    for path in paths:
         for rec in read_json(path, default=[]) or []:
             out.setdefault(rec["process"], rec)
     return out
