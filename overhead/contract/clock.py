@@ -57,12 +57,13 @@ def _anchor() -> tuple[int, int]:
 
 _WALL0, _MONO0 = _anchor()
 _ROLE = "process"
-_mono = time.monotonic_ns
 
 
-def now_ns() -> int:
-    """Wall-clock nanoseconds of this process's clock (monotonic since start)."""
-    return _WALL0 + (_mono() - _MONO0)
+def now_ns(_mono=time.monotonic_ns, _offset=_WALL0 - _MONO0) -> int:
+    """Wall-clock nanoseconds of this process's clock (monotonic since start). The defaults bind
+    the clock and the offset as locals: 0.15-0.3 µs a call here, against ~0.06 µs for
+    ``time.time_ns`` (a Python call's own cost; a few dozen reads per request)."""
+    return _mono() + _offset
 
 
 def wall_minus_mono_ns() -> int:
