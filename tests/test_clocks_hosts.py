@@ -3,7 +3,10 @@ each on a host of its own (a network namespace with its own 10.x address and hos
 switch: ``tests/netns_lan.py``), the load generator (Locust, ``loadtest.sweep --host``) in the
 root namespace. Worker A's host runs ``FAKETIME=+2`` (libfaketime: its wall clock, and by
 default its monotonic clock, read 2 s ahead; a real host's monotonic clock is unrelated to
-ours anyway, and only differences within one process are ever used).
+ours anyway, and only differences within one process are ever used). libfaketime 0.9.10 with
+Python 3.11 here: with the monotonic clock faked, lock and Event timeouts (``sem_clockwait``) hang;
+with ``FAKETIME_DONT_FAKE_MONOTONIC=1``, ``time.sleep`` fails with EINVAL. The worker's path
+uses neither (blocking broker reads, no timed waits), so both clocks are faked.
 
 A control run first (no shift), then the same hosts with worker A shifted. The report must:
 - name every process with its host (processes.json, the spans' ``process`` column);
