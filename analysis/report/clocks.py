@@ -53,12 +53,13 @@ class ClockCheck:
 
 def check_clocks(requests: pd.DataFrame, spans: pd.DataFrame, roles: pd.DataFrame | None = None,
                  processes: dict | None = None) -> ClockCheck:
-    """Workers against the gateway (corrected first: their spans then read on its clock), then the
-    gateway against the load generator (all spans but the generator's own shifted if it is off).
+    """The gateway against the load generator first (if it is off, every span but the generator's
+    own is shifted: the workers' stamps keep their offset against the gateway), then each worker
+    against the gateway (its spans put on the gateway's clock, now the generator's).
     ``processes``: RUN_DIR/processes.json by process id (hosts and roles for the table)."""
-    spans, notes, roles, workers = _check_workers(requests, spans, roles)
+    roles = span_roles(spans) if roles is None else roles
+    rows, notes = [], []
     gw = gateway_offset(requests, spans, roles)
-    rows = [_worker_row(w, r, spans, roles) for w, r in workers.iterrows()]
     if gw is not None:
         theta, err, n = gw
         corrected = abs(theta) > err and abs(theta) > MIN_SHIFT_NS
@@ -71,9 +72,12 @@ def check_clocks(requests: pd.DataFrame, spans: pd.DataFrame, roles: pd.DataFram
                          f"{err / 1e6:.2f} ms off the load generator's (NTP-style, from the fastest "
                          f"of {n} HTTP round trips); every span was shifted by {-theta / 1e6:+.2f} ms "
                          f"before attribution.")
-        rows.insert(0, dict(process=_main_process(spans, roles), name="gateway", role="gateway",
-                            reference="load generator", theta_ns=theta, err_ns=err, exchanges=n,
-                            corrected=corrected))
+        rows.append(dict(process=_main_process(spans, roles), name="gateway", role="gateway",
+                         reference="load generator", theta_ns=theta, err_ns=err, exchanges=n,
+                         corrected=corrected))
+    spans, worker_notes, roles, workers = _check_workers(requests, spans, roles)
+    notes += worker_notes
+    rows += [_worker_row(w, r, spans, roles) for w, r in workers.iterrows()]
     for r in rows:
         info = (processes or {}).get(r["process"]) or {}
         r["host"] = info.get("host") or (r["process"].rsplit(":", 1)[0] if r["process"] else "")
