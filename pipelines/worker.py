@@ -15,8 +15,9 @@ this crop's normalize -> batch start: the other crops' preprocessing plus the in
 name: the report derives each worker's busy time, hence the crops' ``backlog``, from them). The
 header also says whose clock stamped them: ``proc`` (``HOST:PID``, every message) and, on the
 first result and then at most once a second, ``clock`` (this process's ``ProcessRecord`` in wire
-form: host, pid, role, wall and monotonic clock at start). The gateway records them. If the worker is given its own
-``recorder`` it records the spans there instead and leaves them out of the header (never both).
+form: host, pid, role, wall and monotonic clock at start). The gateway records them. If the
+worker is given its own ``recorder`` it records the spans there instead and leaves them out of
+the header (never both).
 
 The worker holds no gateway object: it runs as a thread now and as its own process
 (``python -m pipelines.worker``) with a broker that lives outside the process.

@@ -77,8 +77,22 @@ def set_role(role: str) -> None:
     _ROLE = role
 
 
+_ID: str | None = None
+
+
 def process_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    global _ID
+    if _ID is None:
+        _ID = f"{socket.gethostname()}:{os.getpid()}"
+    return _ID
+
+
+def _forked() -> None:
+    global _ID
+    _ID = None
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def this_process() -> ProcessRecord:
