@@ -172,6 +172,8 @@ def _span_items(r, g: pd.DataFrame | None) -> list[tuple[int, int, str, str, dic
         if not isinstance(attrs, dict):
             attrs = {"attrs": attrs}
         attrs["request_id"] = r.request_id
+        if getattr(s, "process", None):
+            attrs["process"] = s.process            # HOST:PID whose clock stamped it
         items.append((int(s.start_ns), max(int(s.end_ns), int(s.start_ns)),
                       f"{s.stage}-{s.component}", str(s.stage), attrs))
     items.sort(key=lambda it: (it[0], -it[1]))

@@ -32,7 +32,7 @@ MAX_REASON_CHARS = 1000
 class Delivery:
     topic: str
     payload: bytes
-    deliver_ns: int          # time.time_ns() when the consumer received it
+    deliver_ns: int          # overhead.contract.clock.now_ns() when the consumer received it
     tag: object = None       # implementation's handle for ack (stream id, offset, ...)
     key: str | None = None
 

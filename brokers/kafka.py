@@ -34,6 +34,7 @@ from brokers.base import (MAX_REASON_CHARS, Broker, BrokerError, BrokerFull, Bro
 from brokers.kafka_admin import KafkaAdmin
 from brokers.kafka_offsets import ConsumerState as _ConsumerState
 from brokers.urls import redact_url
+from overhead.contract.clock import now_ns
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class KafkaBroker(Broker):
                                            max_records=max(1, int(max_messages)))
             except Exception as exc:
                 raise self._wrap(exc) from exc
-            now = time.time_ns()
+            now = now_ns()
             out = []
             if not batches:
                 mono = time.monotonic()

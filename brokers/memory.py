@@ -18,8 +18,7 @@ from collections import deque
 from urllib.parse import parse_qs, urlparse
 
 from brokers.base import Broker, BrokerFull, BrokerUnavailable, Delivery
-
-now_ns = time.time_ns
+from overhead.contract.clock import now_ns
 
 
 class _Group:

@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from brokers.base import (MAX_REASON_CHARS, Broker, BrokerError, BrokerFull, BrokerUnavailable,
                           Delivery, dead_letter_topic)
 from brokers.urls import convert_option, redact_url
+from overhead.contract.clock import now_ns
 
 # Atomic "publish unless the backlog is at the high-water mark": one round trip, no race between
 # concurrent publishers. Returns the stream's length after the add, or false when full. (Passing
@@ -256,7 +257,7 @@ class RedisStreamsBroker(Broker):
                 # The stream or group vanished (server restarted without persistence, FLUSHALL).
                 self._call(self._ensure_group, stream, group, True)
                 continue
-            now = time.time_ns()
+            now = now_ns()
             for _name, entries in resp or []:
                 for entry_id, fields in entries:
                     out.append(self._delivery(topic, entry_id, fields, now))
@@ -282,7 +283,7 @@ class RedisStreamsBroker(Broker):
                 state[1] = 0.0   # more may be waiting: look again on the next call
         if not entries:
             return []
-        now = time.time_ns()
+        now = now_ns()
         out = [self._delivery(topic, eid, fields, now) for eid, fields in entries]
         if self.max_deliveries:
             out = self._park_poison(topic, stream, group, out)

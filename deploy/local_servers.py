@@ -69,13 +69,14 @@ class ServerProcess(ManagedProcess):
     name = "server"
 
     def __init__(self, workdir: str | os.PathLike | None = None, port: int | None = None,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", prefix: list[str] | None = None):
         self.host = host
         self.port = port or free_port(host)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"overhead-{self.name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.name, [], self.workdir / f"{self.name}-{self.port}.log",
-                         cwd=self.workdir, stop_timeout_s=5.0, retry_early_exit=True)
+                         cwd=self.workdir, stop_timeout_s=5.0, retry_early_exit=True,
+                         prefix=prefix)
 
     def start(self, timeout_s: float = 15.0) -> "ServerProcess":
         return super().start(timeout_s)
@@ -89,8 +90,9 @@ class RedisServer(ServerProcess):
     name = "redis"
 
     def __init__(self, workdir=None, port=None, appendonly: bool = False,
-                 extra_args: list[str] | None = None):
-        super().__init__(workdir, port)
+                 extra_args: list[str] | None = None, host: str = "127.0.0.1",
+                 prefix: list[str] | None = None):
+        super().__init__(workdir, port, host, prefix)
         self.appendonly = appendonly
         self.extra_args = list(extra_args or [])
         self.binary = redis_server_binary()

@@ -5,6 +5,9 @@
     WorkerProcess(broker_url, ["--classifier", "mobilenetv2", ...], log_path, name="w0").start()
         ready: the worker holds a connection to its broker (it opens it after loading its model)
 
+Both take ``prefix`` (``deploy.processes.ManagedProcess``: e.g. ``ip netns exec NS``, a host of
+its own; the gateway then binds the namespace's address, given as ``host``, on an explicit port).
+
 Stop (both): SIGTERM to the PID (the gateway flushes its spans, a worker finishes its batch),
 SIGKILL after the timeout, then the process group.
 """
@@ -24,12 +27,12 @@ class GatewayProcess(ManagedProcess):
     def __init__(self, args: list[str], log_path: str | os.PathLike, host: str = "127.0.0.1",
                  port: int | None = None, python: str = sys.executable, env: dict | None = None,
                  command: list[str] | None = None, name: str = "gateway",
-                 stop_timeout_s: float = 15.0):
+                 stop_timeout_s: float = 15.0, prefix: list[str] | None = None):
         self.host, self.port = host, port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         cmd = command or [python, "-m", "pipelines.gateway"]
         super().__init__(name, [*cmd, "--host", host, "--port", str(self.port), *args],
-                         log_path, env=env, stop_timeout_s=stop_timeout_s)
+                         log_path, env=env, stop_timeout_s=stop_timeout_s, prefix=prefix)
 
     def ready(self) -> bool:
         return http_ok(self.url + "/healthz")
@@ -50,12 +53,13 @@ class WorkerProcess(ManagedProcess):
 
     def __init__(self, broker_url: str, args: list[str], log_path: str | os.PathLike,
                  name: str = "worker", consumer: str | None = None, python: str = sys.executable,
-                 env: dict | None = None, stop_timeout_s: float = 10.0):
+                 env: dict | None = None, stop_timeout_s: float = 10.0,
+                 prefix: list[str] | None = None):
         self.broker_url = broker_url
         self.port = None
         super().__init__(name, [python, "-m", "pipelines.worker", "--broker", broker_url,
                                 "--name", consumer or name, *args], log_path, env=env,
-                         stop_timeout_s=stop_timeout_s)
+                         stop_timeout_s=stop_timeout_s, prefix=prefix)
 
     def ready(self) -> bool:
         return connected_to(self.pid, broker_port(self.broker_url))

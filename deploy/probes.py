@@ -64,7 +64,8 @@ def kafka_metadata(host: str, port: int, timeout_s: float = 1.0) -> bool:
 
 def connected_to(pid: int, port: int) -> bool:
     """Process ``pid`` has an established TCP connection to ``port`` (a classifier worker that
-    opened its broker: it does so after loading its model, on its first consume)."""
+    opened its broker: it does so after loading its model, on its first consume). Also for a
+    process in another network namespace (psutil reads only ours: then ``/proc/PID/net/tcp*``)."""
     import psutil
 
     try:
@@ -72,4 +73,23 @@ def connected_to(pid: int, port: int) -> bool:
     except psutil.Error:
         return False
     return any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-               for c in conns)
+               for c in conns) or _connected_in_own_netns(pid, port)
+
+
+def _connected_in_own_netns(pid: int, port: int) -> bool:
+    """The process's sockets (``/proc/PID/fd``) in the TCP tables of its own network namespace."""
+    import os
+
+    try:
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        inodes = {ln[8:-1] for ln in links if ln.startswith("socket:[")}
+        for table in ("tcp", "tcp6"):
+            with open(f"/proc/{pid}/net/{table}") as f:
+                for line in f.readlines()[1:]:
+                    col = line.split()   # sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+                    if col[3] == "01" and int(col[2].rsplit(":", 1)[1], 16) == port \
+                            and col[9] in inodes:
+                        return True
+    except (OSError, IndexError, ValueError):
+        return False
+    return False

@@ -14,6 +14,9 @@
   still there to unload), ``psutil.wait_procs`` up to the timeout, then SIGKILL to the process and
   everything left in its process group and its descendants. ``stopped_by`` says which:
   ``"exited"`` (before we asked), the signal's name, or ``"SIGKILL"``.
+* ``prefix``: argv run in front of the command, e.g. ``["ip", "netns", "exec", NS]`` to start it
+  in a network namespace (a test host of its own); the wrappers must ``exec`` the command so the
+  PID stays the service's (``ip netns exec``, ``unshare`` without ``--fork``, ``sh -c 'exec ...'``).
 * ``kill()`` is a crash (SIGKILL, no clean shutdown: the kill -9 tests); ``restart()`` stops and
   starts the same argv (same ports). Every process still running at interpreter exit is stopped.
 """
@@ -77,8 +80,10 @@ class ManagedProcess:
     def __init__(self, name: str, argv: list[str], log_path: str | os.PathLike,
                  ready: Callable[[], bool] | None = None, env: dict | None = None,
                  cwd: str | os.PathLike | None = None, stop_timeout_s: float = 10.0,
-                 stop_signal: int | None = None, retry_early_exit: bool = False):
+                 stop_signal: int | None = None, retry_early_exit: bool = False,
+                 prefix: list[str] | None = None):
         self.name, self.argv = name, list(argv)
+        self.prefix = list(prefix or [])
         self.log_path = Path(log_path)
         self._ready = ready
         self.env, self.cwd = env, cwd or REPO
@@ -130,7 +135,7 @@ class ManagedProcess:
         """Start without waiting for readiness."""
         if self.alive():
             return self
-        argv = self.argv_now()
+        argv = [*self.prefix, *self.argv_now()]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.log_offset = log.tell()

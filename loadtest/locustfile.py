@@ -65,7 +65,6 @@ import json
 import logging
 import os
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -79,6 +78,8 @@ from loadtest import records, webui
 from loadtest.schedule import ARRIVALS, ArrivalProcess, parse_rates
 from loadtest.shapes import StepShape  # noqa: F401  (Locust picks the shape up from here)
 from loadtest.state import INFER_PATH, CorpusImage, LoadState, OpenLoop, Pending
+from overhead.contract import clock
+from overhead.contract.clock import now_ns  # the spans' clock: monotonic since start
 from overhead.contract.records import RequestRecord
 from overhead.contract.rundir import RunDir
 from overhead.contract.stability import StabilityRule
@@ -88,6 +89,7 @@ log = logging.getLogger("overhead.locustfile")
 GOLDEN = 0.6180339887498949  # user start offsets spread over the corpus for any user count
 
 state = LoadState()   # everything this process keeps between events
+clock.set_role("loadgen")
 
 
 @events.init_command_line_parser.add_listener
@@ -229,9 +231,9 @@ class InferUser(FastHttpUser):
                 continue
             rate = ol.rates[step]
             if next_ns is None:
-                next_ns = time.time_ns()
+                next_ns = now_ns()
             next_ns += int(arrivals.gap_s(rate) * 1e9)
-            delay = (next_ns - time.time_ns()) / 1e9
+            delay = (next_ns - now_ns()) / 1e9
             if delay > 0:
                 gevent.sleep(delay)
                 if shape is not None and shape.tracker is not None and shape.tracker.finished:
@@ -246,14 +248,14 @@ class InferUser(FastHttpUser):
             pool.spawn(self.request, p.image, next_ns, p)
 
     def request(self, img: CorpusImage, intended_ns: int | None, pending: Pending | None = None):
-        send_ns = time.time_ns()
+        send_ns = now_ns()
         p = pending or Pending(uuid.uuid4().hex, self.uid, img, send_ns)
         p.send_ns, rid = send_ns, p.request_id
         state.in_flight[rid] = p
         try:
             with self.client.post(INFER_PATH, data=img.data, name=img.label, catch_response=True,
                                   headers={"X-Request-ID": rid, "Content-Type": img.content_type}) as resp:
-                recv_ns = time.time_ns()  # post() returns after the whole body has been read
+                recv_ns = now_ns()  # post() returns after the whole body has been read
                 if state.in_flight.pop(rid, None) is None:
                     raise _TooLate()      # given up already (recorded incomplete): not twice
                 self._record(p, resp, recv_ns)

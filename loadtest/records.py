@@ -18,7 +18,8 @@ from loadtest import webui
 from loadtest.shapes import StepShape
 from loadtest.state import INFER_PATH, LoadState
 from overhead.contract.records import RequestRecord, StepRecord, from_columns, to_columns
-from overhead.contract.rundir import RunDir, write_json_atomic, write_records
+from overhead.contract.clock import this_process
+from overhead.contract.rundir import RunDir, write_json_atomic, write_processes, write_records
 from overhead.contract.stability import assess
 
 log = logging.getLogger("overhead.locustfile")
@@ -97,13 +98,15 @@ def give_up_in_flight(state: LoadState, now_ns: int | None = None) -> int:
 
 
 def write_run(state: LoadState, environment) -> None:
-    """requests.parquet (when there are new records), steps.parquet and the locust/*.json files."""
+    """requests.parquet (when there are new records; with this process's clock record in
+    spans/_processes-<pid>.json), steps.parquet and the locust/*.json files."""
     run = run_dir(state, environment)
     if run is None:
         return
     n = len(state.records)
     if n != state.written:
         write_records(state.records[:n], RequestRecord, run.requests)
+        write_processes([this_process()], run.spans_parts)   # whose clock send/recv_ns are on
         state.written = n
     shape = step_shape(environment)
     if shape is not None and shape.steps:

@@ -32,11 +32,14 @@ from locust.runners import WorkerRunner
 from loadtest import overhead_tab
 from loadtest.cpu import write_cpu_tables
 from loadtest.state import LoadState, UITest
-from overhead.contract.records import Span, StepRecord, arrow_schema, field_names
+from overhead.contract.records import Span, StepRecord, arrow_schema, select_columns
 from overhead.contract.runconfig import (
     LoadConfig, RunConfig, RunInfo, read_run_config, write_config,
 )
-from overhead.contract.rundir import RunDir, merge_span_parts, write_parquet_atomic, write_records
+from overhead.contract.rundir import (
+    RunDir, merge_span_parts, process_files, read_process_files, write_json_atomic,
+    write_parquet_atomic, write_records,
+)
 
 log = logging.getLogger("overhead.locustfile")
 
@@ -239,7 +242,7 @@ def merge_ui_spans(state: LoadState | None, run: RunDir, spans_dir: str,
         tables = []
         for part in sorted(Path(spans_dir).glob("*.parquet")):
             try:
-                t = pq.read_table(part).select(list(field_names(Span)))
+                t = select_columns(pq.read_table(part), Span)
             except Exception as exc:  # a part being written right now
                 log.warning("overhead: skipping spans part %s: %s", part, exc)
                 continue
@@ -249,6 +252,10 @@ def merge_ui_spans(state: LoadState | None, run: RunDir, spans_dir: str,
         table = pa.concat_tables(tables) if tables else None
         if table is not None:
             write_parquet_atomic(table, run.spans)
+        procs = read_process_files([run.processes, *process_files(run.spans_parts),
+                                    *process_files(spans_dir)])
+        if procs:   # whose clocks stamped them (the gateway's and its workers')
+            write_json_atomic(list(procs.values()), run.processes)
         return table.num_rows if table is not None else None
     if not run.spans.exists() and not any(run.spans_parts.glob("*.parquet")):
         return None

@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from brokers import BrokerError, BrokerFull, open_broker
 from overhead.config import GatewaySettings
 from overhead.contract import topics
+from overhead.contract.clock import set_role
 from pipelines.admission import Admission, AdmissionMiddleware, MemoryReleaser, rss_bytes
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     settings = parse_settings(argv)
+    set_role("gateway")
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)

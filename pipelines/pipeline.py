@@ -8,7 +8,9 @@
 
 Worker threads (``pipelines.worker.ClassifierWorker``) consume the crops; a results listener
 thread fills the per-request waiters and records the spans the workers put in the result headers
-(plus a ``classify/broker`` span for the result's own trip, attrs ``{"crop": i, "leg": "results"}``).
+(stamped with the worker's process, header ``proc``; its ``clock`` record is kept for
+processes.json) plus a ``classify/broker`` span for the result's own trip, attrs
+``{"crop": i, "leg": "results"}`` (stamped with the gateway's process: it ends on its clock).
 Duplicate results for the same (request, crop) are ignored; results for requests that are no
 longer waited for (timed out) are counted and dropped.
 """
@@ -25,12 +27,12 @@ import numpy as np
 from brokers.base import Broker, BrokerUnavailable
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
 from overhead.contract import topics
+from overhead.contract.clock import ProcessRecord, now_ns
 from pipelines.inference import make_backend
 from pipelines.postprocess import postprocess
 from pipelines.spans import ComponentTimes, SpanRecorder
 from pipelines.worker import ClassifierWorker
 
-now_ns = time.time_ns
 log = logging.getLogger(__name__)
 
 
@@ -186,6 +188,8 @@ class TwoStagePipeline:
                     self.malformed_results += 1
                     log.warning("malformed result message dropped: %s", exc)
                     continue
+                if rec.enabled and msg.extra.get("clock"):
+                    self._add_process(msg.extra["clock"])   # even from a late result
                 w = self._waiters.get(msg.request_id)
                 if w is None:
                     self.late_results += 1
@@ -197,16 +201,22 @@ class TwoStagePipeline:
                     w.results[msg.index] = (msg, d.deliver_ns)
                     complete = len(w.results) == w.k
                 if rec.enabled:
-                    rid = msg.request_id
+                    rid, proc = msg.request_id, msg.extra.get("proc")
                     for s in msg.extra.get("spans") or ():   # WireSpan dicts
                         rec.record(rid, s["stage"], s["component"], int(s["start_ns"]),
-                                   int(s["end_ns"]), s.get("attrs"))
+                                   int(s["end_ns"]), s.get("attrs"), proc)
                     rec.record(rid, "classify", "broker", msg.produce_ns, d.deliver_ns,
                                {"crop": msg.index, "leg": "results"})
                 if complete:
                     w.event.set()
             if got:
                 self.broker.ack(topics.RESULTS, self._results_group, got)
+
+    def _add_process(self, wire) -> None:
+        try:
+            self.recorder.add_process(ProcessRecord.from_wire(wire))
+        except (TypeError, ValueError) as exc:
+            log.warning("malformed clock record in a result header ignored: %s", exc)
 
     # -- one request -------------------------------------------------------------------------
     def process(self, request_id: str, data: bytes, probe=None) -> dict:

@@ -1,8 +1,13 @@
 """Span recording: the measurement contract of DESIGN.md.
 
 A span is ``overhead.contract.records.Span``: ``(request_id, stage, component, start_ns, end_ns,
-attrs)``. Clocks are ``time.time_ns()`` so spans from different processes on one host (and the
-load generator's records) line up. Recording is a clock read and a deque append (of a plain tuple in
+attrs, process)``. The clock is ``overhead.contract.clock.now_ns``: wall clock at the process's
+start advanced by the monotonic clock, so durations are monotonic and spans of different processes
+(and the load generator's records) line up on the wall clock; ``process`` (``HOST:PID``) says
+whose clock it was, and the report corrects each process's offset (analysis/report/clocks.py).
+The recorder also keeps the ``ProcessRecord`` of every process whose spans it holds (itself, and
+workers that sent theirs in result headers); the flusher writes them to ``_processes-<pid>.json``
+next to the span parts. Recording is a clock read and a deque append (of a plain tuple in
 the Span's field order, cheaper than an object per span); ``drain`` hands out ``Span`` records and
 writing Parquet (the contract's span schema) happens on a background thread (``SpanFlusher``), off
 the request path.
@@ -12,15 +17,16 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from overhead.contract.clock import ProcessRecord, now_ns, process_id, this_process
 from overhead.contract.records import Span, rows_to_table, to_table
+from overhead.contract.rundir import write_processes
 
-now_ns = time.time_ns
+__all__ = ["ComponentTimes", "SpanFlusher", "SpanRecorder", "now_ns", "spans_to_table"]
 
 
 class SpanRecorder:
@@ -28,23 +34,36 @@ class SpanRecorder:
     atomic. (Swapping a list out in ``drain`` lost spans: a recording thread may hold the old list
     across a GIL switch, e.g. while ``json.dumps`` builds the attrs, and append after the flush.)
 
-    ``enabled=False`` makes ``record`` a no-op, for the span-overhead benchmark.
+    ``enabled=False`` makes ``record`` a no-op, for the span-overhead benchmark. ``process``
+    stamps every span it records (default: this process, ``HOST:PID``); ``record(...,
+    process=P)`` records another process's span (a worker's, from a result header).
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, process: str | None = None):
         self.enabled = enabled
+        self.process = process or process_id()
         self._buf: deque[tuple] = deque()   # tuples in Span field order
+        me = this_process()
+        self.processes: dict[str, ProcessRecord] = {me.process: me}
+        self.processes_changed = True
 
     def record(self, request_id: str, stage: str, component: str, start_ns: int, end_ns: int,
-               attrs: dict | None = None) -> None:
+               attrs: dict | None = None, process: str | None = None) -> None:
         if self.enabled:
             self._buf.append((request_id, stage, component, start_ns, end_ns,
-                              json.dumps(attrs, separators=(",", ":")) if attrs else None))
+                              json.dumps(attrs, separators=(",", ":")) if attrs else None,
+                              process or self.process))
 
     def extend(self, spans: Iterable[Span]) -> None:
         if self.enabled:
-            self._buf.extend((s.request_id, s.stage, s.component, s.start_ns, s.end_ns, s.attrs)
-                             for s in spans)
+            self._buf.extend((s.request_id, s.stage, s.component, s.start_ns, s.end_ns, s.attrs,
+                              s.process or self.process) for s in spans)
+
+    def add_process(self, proc: ProcessRecord) -> None:
+        """Remember a process whose spans this recorder holds (written by the flusher)."""
+        if proc.process not in self.processes:
+            self.processes[proc.process] = proc
+            self.processes_changed = True
 
     def drain_table(self):
         """Take everything recorded so far as an Arrow table with the span schema; spans appended
@@ -87,7 +106,11 @@ class SpanFlusher:
         return self
 
     def flush(self) -> int:
-        table = self.recorder.drain_table()
+        rec = self.recorder
+        if rec.processes_changed:
+            rec.processes_changed = False
+            write_processes(list(rec.processes.values()), self.directory)
+        table = rec.drain_table()
         if not table.num_rows:
             return 0
         import pyarrow.parquet as pq

@@ -12,8 +12,12 @@ Each result's header (``extra``) carries ``label``, ``class_id``, ``score`` and 
 deliver), ``classify/serialize`` (message decode), ``resize``, ``normalize``, ``queue`` (end of
 this crop's normalize -> batch start: the other crops' preprocessing plus the instance lock) and
 ``inference`` (``{"batch": n}``). Every span's attrs carry ``crop`` and ``worker`` (this worker's
-name: the report derives each worker's busy time, hence the crops' ``backlog``, from them). The gateway records them. If the worker is given its own
-``recorder`` it records the spans there instead and leaves them out of the header (never both).
+name: the report derives each worker's busy time, hence the crops' ``backlog``, from them). The
+header also says whose clock stamped them: ``proc`` (``HOST:PID``, every message) and, on the
+first result and then at most once a second, ``clock`` (this process's ``ProcessRecord`` in wire
+form: host, pid, role, wall and monotonic clock at start). The gateway records them. If the
+worker is given its own ``recorder`` it records the spans there instead and leaves them out of
+the header (never both).
 
 The worker holds no gateway object: it runs as a thread now and as its own process
 (``python -m pipelines.worker``) with a broker that lives outside the process.
@@ -35,10 +39,11 @@ import numpy as np
 from brokers.base import Broker, BrokerError, BrokerUnavailable, Delivery
 from brokers.message import MalformedMessage, Message, decode_message, encode_message
 from overhead.config import WorkerSettings
-from overhead.contract import topics
+from overhead.contract import clock, topics
+from overhead.contract.clock import now_ns
 from overhead.contract.records import wire_span
 
-now_ns = time.time_ns
+CLOCK_EVERY_NS = 1_000_000_000   # resend this process's clock record in a result header
 log = logging.getLogger(__name__)
 
 
@@ -74,6 +79,7 @@ class ClassifierWorker:
         self.dead_letter: deque = deque(maxlen=dead_letter_keep)   # (reason, first bytes)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._clock_sent_ns: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "ClassifierWorker":
@@ -202,6 +208,7 @@ class ClassifierWorker:
                 else:
                     extra = {"error": error}
                 extra["worker"] = self.name
+                self._stamp_process(extra)
                 if self.recorder is not None:
                     for s in spans:
                         self.recorder.record(msg.request_id, s["stage"], s["component"],
@@ -226,6 +233,14 @@ class ClassifierWorker:
         self.processed += published
         return published
 
+    def _stamp_process(self, extra: dict) -> None:
+        """Whose clock stamped the spans: ``proc`` always; the process record now and then."""
+        extra["proc"] = clock.process_id()
+        t = now_ns()
+        if self._clock_sent_ns is None or t - self._clock_sent_ns >= CLOCK_EVERY_NS:
+            self._clock_sent_ns = t
+            extra["clock"] = clock.this_process().to_wire()
+
     def stats(self) -> dict:
         return {"name": self.name, "alive": self.alive, "processed": self.processed,
                 "batches": self.batches, "errors": self.errors,
@@ -245,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = WorkerSettings.from_namespace(_parser().parse_args(argv))
+    clock.set_role("worker")
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.broker.startswith("memory"):

@@ -36,7 +36,7 @@ def reqs(*rows):
 
 def spans(*rows):
     """(request_id, 'stage-component', start_ns, end_ns) rows."""
-    out = [(r, k.split("-")[0], k.split("-")[1], s, e, None) for r, k, s, e in rows]
+    out = [(r, k.split("-")[0], k.split("-")[1], s, e, None, None) for r, k, s, e in rows]   # no process: as old runs
     return pd.DataFrame(out, columns=list(field_names(Span)))
 
 

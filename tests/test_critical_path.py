@@ -21,7 +21,7 @@ def reqs(*rows):
 
 def frame(rows):
     """(request_id, 'stage-component', start, end, attrs dict | None) rows."""
-    out = [(r, k.split("-")[0], k.split("-")[1], s, e, json.dumps(a) if a else None)
+    out = [(r, k.split("-")[0], k.split("-")[1], s, e, json.dumps(a) if a else None, None)
            for r, k, s, e, a in rows]
     return pd.DataFrame(out, columns=list(field_names(Span)))
 

@@ -77,7 +77,7 @@ def test_triton_sleep_model_shows_as_inference(tmp_path):
     for rid, send, recv in calls:
         parts = server_spans(traces[rid], send, recv, mono_offset)
         assert parts, rid
-        rows += [(rid, "detect", comp, s, e, None) for comp, s, e, _ in parts]
+        rows += [(rid, "detect", comp, s, e, None, None) for comp, s, e, _ in parts]
     requests = pd.DataFrame(calls, columns=["request_id", "send_ns", "recv_ns"])
     spans = pd.DataFrame(rows, columns=list(field_names(Span)))
     comp = by_component(critical_path(requests, spans)) / 1e6

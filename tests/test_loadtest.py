@@ -388,6 +388,10 @@ def test_sweep_against_the_real_gateway(tmp_path):
     from analysis.report.attribution import attribute, by_component
     spans = pd.read_parquet(run.spans)
     assert set(req["request_id"]) <= set(spans["request_id"])
+    # whose clocks: every span names its process, processes.json has them and the load generator
+    procs = json.loads(run.processes.read_text())
+    assert {p["role"] for p in procs} == {"gateway", "loadgen"}
+    assert set(spans["process"]) == {p["process"] for p in procs if p["role"] == "gateway"}
     comp = by_component(attribute(req, spans))
     assert (comp.drop(columns="e2e").sum(axis=1) - comp["e2e"]).abs().max() < 1e-3
     assert (comp["inference"] > 0).all() and (comp["decode"] > 0).all()

@@ -1,6 +1,7 @@
 """Worker and two-stage pipeline, in-process: tiny real ONNX models, the opencv preprocessor,
 the memory broker. (Real models over HTTP are in test_gateway.py.)"""
 import dataclasses
+import json
 import threading
 import time
 
@@ -74,6 +75,13 @@ def test_worker_classifies_crops_like_a_direct_run_and_sends_spans(tiny_classifi
     assert broker.pending("crops", "classifiers") == 0
     assert worker.processed == 3 and worker.dead_letter_count == 0
     backend.close()
+    # whose clock stamped them: the process id in every header, its clock record once (a second)
+    from overhead.contract.clock import ProcessRecord, process_id, this_process
+
+    assert all(m.extra["proc"] == process_id() for m in results)
+    clocks = [m.extra["clock"] for m in results if "clock" in m.extra]
+    assert len(clocks) == 1 and ProcessRecord.from_wire(clocks[0]) == this_process()
+    assert len(json.dumps({"proc": results[0].extra["proc"], "clock": clocks[0]})) < 120
 
 
 def test_worker_dead_letters_malformed_messages_and_keeps_going(tiny_classifier, pre):
@@ -170,6 +178,7 @@ def test_pipeline_records_every_component_and_server_timing(tiny_detector, tiny_
     finally:
         p.stop()
     spans = [s for s in rec.drain() if s.request_id == "req-spans"]
+    assert {s.process for s in spans} == {rec.process}   # in-process workers: one clock
     got = {(s.stage, s.component) for s in spans}
     assert {("detect", c) for c in DETECT_COMPONENTS} <= got
     assert {("classify", c) for c in CLASSIFY_COMPONENTS} <= got

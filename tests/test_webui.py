@@ -124,6 +124,9 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
         spans = pd.read_parquet(run_dir / "spans.parquet")
         assert set(req["request_id"]) == set(spans["request_id"])           # all spans, incl. the last ones
         assert cfg["counts"]["spans"] == len(spans)
+        procs = json.loads((run_dir / "processes.json").read_text())   # whose clocks: gateway, loadgen
+        assert {p["role"] for p in procs} >= {"gateway", "loadgen"}
+        assert set(spans["process"]) <= {p["process"] for p in procs}
 
         rep = subprocess.run([PY, "analysis/breakdown.py", str(run_dir)], capture_output=True,
                              text=True, timeout=120, cwd=REPO)

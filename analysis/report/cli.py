@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.report.clocks import clocks_note
 from analysis.report.console import make_console, print_tables
 from analysis.report.findings import findings
 from analysis.report.load import Run, load_run, open_loop_view
@@ -39,6 +40,7 @@ class Report:
     work_attr: pd.DataFrame | None = None   # the work view: even split over overlapping spans
     work: Summary | None = None
     clock_notes: list[str] = field(default_factory=list)
+    clocks: pd.DataFrame | None = None      # per process: offset ± error (analysis.report.clocks)
 
 
 def _view(run: Run) -> tuple[Run, pd.DataFrame, pd.DataFrame, dict]:
@@ -61,7 +63,7 @@ def report(run_dir, console=None, quiet: bool = False, slo_ms: float | None = No
     t0 = time.perf_counter()
     run = load_run(run_dir)
     run_view, requests, spans, labels = _view(run)
-    both = attribute_both(requests, spans)
+    both = attribute_both(requests, spans, run.processes)
     attr = both.path
     slo_ms = slo_ms if slo_ms is not None else run.load.get("slo_ms")
     summary = summarize(requests, attr, run_view.steps, slo_ms)
@@ -70,11 +72,11 @@ def report(run_dir, console=None, quiet: bool = False, slo_ms: float | None = No
     validity = validity_checks(run_view, requests, summary)
     steps = step_view(summary, validity.steps)
     notes = findings(run_view, summary)
-    files = write_report(run_view, attr, summary, notes, both.clock_notes + validity.notes, steps,
-                         work=work)
+    top = both.clock_notes + clocks_note(both.clocks) + validity.notes
+    files = write_report(run_view, attr, summary, notes, top, steps, work=work)
     rep = Report(run=run, attr=attr, summary=summary, findings=notes, files=files,
-                 validity=both.clock_notes + validity.notes, steps=steps, work_attr=both.work,
-                 work=work, clock_notes=both.clock_notes)
+                 validity=top, steps=steps, work_attr=both.work,
+                 work=work, clock_notes=both.clock_notes, clocks=both.clocks)
     if not quiet:
         console = console or make_console()
         print_tables(rep, console)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from analysis.report.attribution import E2E, UNCOVERED
 from analysis.report.summary import size_sort_key
 from analysis.report.views import attribute_both
-from overhead.contract.records import Span, arrow_schema, field_names
+from overhead.contract.records import Span, arrow_schema, field_names, select_columns
 
 
 _PARTS: dict[str, tuple[float, pa.Table]] = {}   # path -> (mtime, table): a part is read once
@@ -43,7 +43,7 @@ def _read_part(part: Path) -> pa.Table | None:
         hit = _PARTS.get(str(part))
         if hit is not None and hit[0] == mtime:
             return hit[1]
-        t = pq.read_table(part).select(list(field_names(Span)))
+        t = select_columns(pq.read_table(part), Span)
     except Exception:
         return None
     _PARTS[str(part)] = (mtime, t)

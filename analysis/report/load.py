@@ -10,7 +10,7 @@ import pandas as pd
 from overhead.contract.ceiling import CeilingRecord, read_ceiling
 from overhead.contract.runconfig import read_config
 from overhead.contract.rundir import (
-    RunDir, read_json, read_locust_stats_csv, read_requests, read_spans, read_steps,
+    RunDir, read_json, read_locust_stats_csv, read_processes, read_requests, read_spans, read_steps,
 )
 
 LAG_STAGE, LAG_COMPONENT = "client", "schedule_lag"  # the synthetic span of open-loop lag
@@ -29,6 +29,7 @@ class Run:
     stability_live: dict | None = None
     open_loop: dict | None = None      # locust/openloop.json (or config load) when open loop
     ceiling: CeilingRecord | None = None   # ceiling.json (None: a run from before it existed)
+    processes: dict | None = None      # processes.json by HOST:PID ({} for older runs)
 
     @property
     def is_open_loop(self) -> bool:
@@ -60,7 +61,7 @@ def load_run(run_dir) -> Run:
                requests=read_requests(run.path), spans=read_spans(run.path), cpu=cpu,
                locust_final=read_json(run.locust_final), locust_stats_csv=read_locust_stats_csv(run.path),
                stability_live=read_json(run.locust_stability), open_loop=read_json(run.locust_openloop),
-               ceiling=read_ceiling(run.path))
+               ceiling=read_ceiling(run.path), processes=read_processes(run.path))
 
 
 def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,7 +74,7 @@ def open_loop_view(requests_df: pd.DataFrame, spans_df: pd.DataFrame) -> tuple[p
     lag = req.loc[real_send > intended, ["request_id"]].copy()
     lag["stage"], lag["component"] = LAG_STAGE, LAG_COMPONENT
     lag["start_ns"], lag["end_ns"] = intended[real_send > intended], real_send[real_send > intended]
-    lag["attrs"] = None
+    lag["attrs"] = lag["process"] = None   # the load generator's clock (stage "client")
     return req, pd.concat([spans_df, lag[list(spans_df.columns)]], ignore_index=True) if len(lag) else spans_df
 
 

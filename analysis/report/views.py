@@ -9,7 +9,7 @@ import pandas as pd
 
 from analysis.report.attribution import attribute
 from analysis.report.backlog import backlog_fraction, busy_intervals, span_roles
-from analysis.report.clocks import correct_worker_clocks
+from analysis.report.clocks import TABLE_COLUMNS, check_clocks
 from analysis.report.critical_path import critical_path
 
 
@@ -18,11 +18,15 @@ class Attribution:
     path: pd.DataFrame      # critical path, per request (analysis.report.critical_path)
     work: pd.DataFrame      # even split, the crops' waits split into broker / backlog
     clock_notes: list[str]  # warnings of analysis.report.clocks
+    clocks: pd.DataFrame = None   # per process: offset ± error (analysis.report.clocks.TABLE_COLUMNS)
 
 
-def attribute_both(requests: pd.DataFrame, spans: pd.DataFrame) -> Attribution:
-    """Clock check (and correction) of the workers' spans, then both attributions."""
-    spans, clock_notes, roles = correct_worker_clocks(requests, spans, span_roles(spans))
+def attribute_both(requests: pd.DataFrame, spans: pd.DataFrame,
+                   processes: dict | None = None) -> Attribution:
+    """Clock check (and correction) of every process's spans, then both attributions."""
+    c = check_clocks(requests, spans, span_roles(spans), processes)
+    spans, roles = c.spans, c.roles
     busy = busy_intervals(spans, roles)
     return Attribution(critical_path(requests, spans, roles, busy),
-                       attribute(requests, spans, backlog_fraction(spans, roles, busy)), clock_notes)
+                       attribute(requests, spans, backlog_fraction(spans, roles, busy)), c.notes,
+                       c.table if c.table is not None else pd.DataFrame(columns=TABLE_COLUMNS))

@@ -10,7 +10,11 @@ Code outside this module reads records by field name, never by position: the onl
 (rows in field order, as the span recorder keeps them to stay cheap) is ``rows_to_table`` here.
 
 A worker's spans cross the broker as ``WireSpan`` dicts (named keys, JSON in the message header),
-built by ``wire_span``: the request id is the message's.
+built by ``wire_span``: the request id is the message's, the process (``Span.process``) is the
+message header's ``proc`` (one per message, not per span).
+
+Columns added later (``Span.process``) are nullable with a default: files written before them
+still read (``select_columns`` fills them with nulls).
 
 Imported by the gevent-patched locustfile: pyarrow is imported inside the functions that need it.
 """
@@ -42,6 +46,7 @@ class Span:
     start_ns: int
     end_ns: int
     attrs: str | None = None   # JSON object, compact (as written by SpanRecorder.record)
+    process: str | None = None  # HOST:PID of the process whose clock stamped it (None: old runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +130,13 @@ def arrow_schema(cls: type):
 
 
 def rows_to_table(cls: type, rows: Sequence[tuple]):
-    """Tuples in ``cls``'s field order (the span recorder's cheap form) to an Arrow table."""
+    """Tuples in ``cls``'s field order (the span recorder's cheap form) to an Arrow table.
+    Trailing fields that have defaults may be left out of every row (null columns)."""
     import pyarrow as pa
 
     schema = arrow_schema(cls)
     cols = list(zip(*rows)) if rows else [[] for _ in schema]
+    cols += [[None] * len(rows) for _ in range(len(schema) - len(cols))]
     return pa.table([pa.array(c, f.type) for c, f in zip(cols, schema)], schema=schema)
 
 
@@ -155,7 +162,21 @@ def to_table(records: Iterable[Any], cls: type):
     return pa.table([pa.array(cols[f.name], f.type) for f in schema], schema=schema)
 
 
+def select_columns(table, cls: type):
+    """An Arrow table with exactly ``cls``'s columns and schema: selected by name (extra columns
+    dropped), cast, and nullable fields the table lacks (written before they existed) as nulls."""
+    import pyarrow as pa
+
+    schema = arrow_schema(cls)
+    for f in schema:
+        if f.name not in table.column_names:
+            default = next(d.default for d in dataclasses.fields(cls) if d.name == f.name)
+            if default is not None:
+                raise KeyError(f"column {f.name!r} missing")
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(list(field_names(cls))).cast(schema)
+
+
 def from_table(cls: type[R], table) -> list[R]:
     """An Arrow table (any column order, extra columns ignored) back to records."""
-    table = table.select(list(field_names(cls))).cast(arrow_schema(cls))
-    return from_columns(cls, table.to_pydict())
+    return from_columns(cls, select_columns(table, cls).to_pydict())

@@ -8,6 +8,8 @@ A run is a directory (docs/architecture.md, "Run directory")::
       steps.parquet      step, users, start_ns, measure_start_ns, end_ns
       requests.parquet   one row per request, from the load generator
       spans.parquet      all spans (merged from spans/ parts at the end of a sweep)
+      processes.json     every process that stamped spans: host, pid, role, (wall, monotonic) at
+                         start (merged from spans/_processes-*.json, written by the span flushers)
       locust/            Locust's CSVs, final_stats.json (exact final counters), stability.json
                          (live step verdicts), openloop.json (open-loop schedule counters)
       logs/              gateway.log, locust.log
@@ -25,7 +27,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from overhead.contract.records import RequestRecord, Span, StepRecord, arrow_schema, field_names
+from overhead.contract.records import (
+    RequestRecord, Span, StepRecord, arrow_schema, select_columns,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class RunDir:
     requests = property(lambda self: self.path / "requests.parquet")
     spans = property(lambda self: self.path / "spans.parquet")
     spans_parts = property(lambda self: self.path / "spans")
+    processes = property(lambda self: self.path / "processes.json")
     cpu = property(lambda self: self.path / "cpu.parquet")
     ceiling = property(lambda self: self.path / "ceiling.json")   # overhead.contract.ceiling
     corpus = property(lambda self: self.path / "corpus.json")
@@ -120,7 +125,7 @@ def read_table(paths, cls: type):
     import pyarrow.parquet as pq
 
     schema = arrow_schema(cls)
-    tables = [pq.read_table(p).select(list(field_names(cls))).cast(schema) for p in paths]
+    tables = [select_columns(pq.read_table(p), cls) for p in paths]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -139,10 +144,45 @@ def merge_span_parts(run_dir: str | os.PathLike, remove_parts: bool = True) -> i
     write_parquet_atomic(table, run.spans)
     if pq.read_metadata(run.spans).num_rows != table.num_rows:
         raise RuntimeError(f"merging spans into {run.spans}: row count mismatch")
+    procs = process_parts(run)
+    if procs:
+        write_json_atomic(list(read_processes(run.path).values()), run.processes)
     if remove_parts:
-        for p in parts:
+        for p in parts + procs:
             p.unlink()
     return table.num_rows
+
+
+def process_parts(run: RunDir) -> list[Path]:
+    return process_files(run.spans_parts)
+
+
+def process_files(directory: str | os.PathLike) -> list[Path]:
+    """The ``_processes-<pid>.json`` files a span flusher wrote into ``directory``."""
+    d = Path(directory)
+    return sorted(d.glob("_processes-*.json")) if d.is_dir() else []
+
+
+def write_processes(processes, directory: str | os.PathLike) -> Path:
+    """This process's view of the processes it knows (``ProcessRecord``s: itself and the workers
+    whose spans it recorded) as ``DIR/_processes-<pid>.json``."""
+    return write_json_atomic([p.to_dict() for p in processes],
+                             Path(directory) / f"_processes-{os.getpid()}.json")
+
+
+def read_processes(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """``{HOST:PID: {process, host, pid, role, wall_ns, mono_ns}}`` of a run (processes.json plus
+    parts not merged yet; {} for runs from before processes were recorded)."""
+    run = RunDir(run_dir)
+    return read_process_files([run.processes, *process_parts(run)])
+
+
+def read_process_files(paths) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for path in paths:
+        for rec in read_json(path, default=[]) or []:
+            out.setdefault(rec["process"], rec)
+    return out
 
 
 def read_spans(run_dir: str | os.PathLike):

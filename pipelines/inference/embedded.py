@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-now_ns = time.time_ns
+from overhead.contract.clock import now_ns
+
 log = logging.getLogger(__name__)
 
 

@@ -27,15 +27,13 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from overhead.contract.clock import now_ns
 from pipelines.inference import InferenceBackend
 from pipelines.inference.embedded import InferResult
-
-now_ns = time.time_ns
 
 # tensorflow DataType enum values (tensorflow/core/framework/types.proto)
 _DT = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,

@@ -25,16 +25,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from overhead.contract.clock import now_ns, wall_minus_mono_ns
 from pipelines.inference import InferenceBackend
 from pipelines.inference.embedded import InferResult
-
-now_ns = time.time_ns
 
 _NP_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8,
              "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_}
@@ -311,17 +309,17 @@ def read_trace(path: str | os.PathLike) -> dict[str, dict]:
 
 def server_spans(trace: dict, send_ns: int, recv_ns: int, mono_offset_ns: int | None = None
                  ) -> list[tuple[str, int, int, dict | None]]:
-    """Split one client round trip ``send_ns -> recv_ns`` (``time.time_ns``) with the request's
+    """Split one client round trip ``send_ns -> recv_ns`` (``overhead.contract.clock.now_ns``) with the request's
     trace entry: ``queue`` = QUEUE_START -> COMPUTE_START, ``inference`` = COMPUTE_START ->
     COMPUTE_END (input + infer + output), ``transfer`` = the rest of the round trip (before
     REQUEST_START and after REQUEST_END, i.e. network, HTTP/gRPC (de)serialisation).
 
-    ``mono_offset_ns`` = ``time.time_ns() - time.monotonic_ns()`` in a process on the SERVER's
-    host (same host: this process's). Returns [] if the trace lacks the timestamps."""
+    ``mono_offset_ns`` = ``now_ns() - time.monotonic_ns()`` in a process on the SERVER's host
+    (same host: this process's, ``wall_minus_mono_ns()``). Returns [] if the trace lacks the timestamps."""
     need = ("REQUEST_START", "QUEUE_START", "COMPUTE_START", "COMPUTE_END", "REQUEST_END")
     if not all(k in trace for k in need):
         return []
-    off = mono_offset_ns if mono_offset_ns is not None else time.time_ns() - time.monotonic_ns()
+    off = mono_offset_ns if mono_offset_ns is not None else wall_minus_mono_ns()
     w = {k: trace[k] + off for k in need}
     attrs = {k.lower(): trace[k] - trace["COMPUTE_START"] for k in
              ("COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START") if k in trace}
