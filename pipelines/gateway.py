@@ -264,8 +264,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return _error(503, "overloaded", gw.admission.message(), rid,
                       {"Retry-After": str(gw.admission.retry_after_s)})
 
+    def sent(scope, sent_ns: int) -> None:
+        """The answer is on its way: ``gateway/serialize`` (leg response) from the event loop
+        taking the answer back to its last byte handed to the connection."""
+        rid, resumed = scope.get("state", {}).get("respond") or (None, 0)
+        if rid is not None:
+            gw.recorder.record(rid, "gateway", "serialize", resumed, sent_ns, {"leg": "response"})
+
     app.add_middleware(AdmissionMiddleware, admission=gw.admission, reject=overloaded,
-                       on_idle=gw.releaser.maybe_release if settings.release_memory else None)
+                       on_idle=gw.releaser.maybe_release if settings.release_memory else None,
+                       on_sent=sent)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -322,7 +330,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 return _error(400, "bad_content_length", "Content-Length is not a number.", rid, close)
             if n > cap:
                 return _error(413, "too_large", too_large.format(n=n, cap=cap), rid, close)
-        t0 = now_ns()
+        t0 = getattr(request.state, "admitted_ns", None) or now_ns()   # headers in: receiving
         chunks, got = [], 0
         async for chunk in request.stream():
             got += len(chunk)
@@ -343,8 +351,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
         except _FAILURES as exc:
             return _failure(exc, rid, settings)
-        timing = result.pop("timing")
-        total = now_ns() - t0
+        timing, done = result.pop("timing"), result.pop("done_ns")
+        resumed = now_ns()   # the answer's way back: listener -> request thread -> event loop
+        gw.recorder.record(rid, "gateway", "queue", min(done, resumed), resumed, {"leg": "response"})
+        request.state.respond = (rid, resumed)
+        total = resumed - t0
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "
                   f"{timing.server_timing()}, total;dur={total / 1e6:.3f}")
         return JSONResponse(result, headers={"X-Request-ID": rid, "Server-Timing": header})
