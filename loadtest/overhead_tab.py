@@ -48,7 +48,6 @@ KEY = "overhead"
 REPO = Path(__file__).resolve().parent.parent
 STATIC = Path(__file__).resolve().parent / "static"
 MIN_REFRESH_S = 3.0
-ASKED_WITHIN_S = 15.0
 
 
 @dataclass
@@ -65,6 +64,7 @@ class Live:
     written: int = -1
     cpu: list = field(default_factory=list)     # (time_ns, locust_cpu_s, None)
     cpu_greenlet: object = None
+    refreshing: object = None                   # the refresh greenlet
 
 
 live = Live()
@@ -145,12 +145,16 @@ def refresh(state: LoadState) -> None:
         live.busy = False
 
 
-def maybe_refresh(state: LoadState) -> None:
+def maybe_refresh(state: LoadState, wait_s: float = 0.0) -> None:
+    """Start a refresh when the last is old enough; with nothing to show yet, wait up to
+    ``wait_s`` for it (the tab's first poll then has numbers, not an empty answer)."""
     now = time.monotonic()
     live.asked_at = now
     if not live.busy and now - live.computed_at >= max(MIN_REFRESH_S, 5 * live.compute_s):
         live.busy = True
-        gevent.spawn(refresh, state)
+        live.refreshing = gevent.spawn(refresh, state)
+    if wait_s > 0 and not live.breakdown and live.busy and live.refreshing is not None:
+        live.refreshing.join(timeout=wait_s)
 
 
 def reset_snapshot() -> None:
@@ -213,7 +217,7 @@ def install(state: LoadState, web_ui) -> None:
 
     @app.route("/overhead/breakdown.json")
     def overhead_breakdown():
-        maybe_refresh(state)   # components in the report's order (jsonify would sort them)
+        maybe_refresh(state, wait_s=5.0)   # in the report's order (jsonify would sort them)
         return Response(json.dumps(live.breakdown), mimetype="application/json")
 
     @app.route("/overhead/status.json")
