@@ -1,9 +1,10 @@
 // The Overhead tab's panel (loadtest/overhead_tab.py): run directory, validity so far and one
 // stacked bar per size class, above Locust's table of the same numbers. Polls while the tab is open.
 (function () {
+  // no greys: grey is "other" only
   const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-                  "#9c755f", "#bab0ac", "#e15759", "#86bcb6", "#d37295", "#fabfd2", "#8cd17d",
-                  "#499894", "#f1ce63", "#a0cbe8", "#ffbe7d", "#b6992d", "#d4a6c8", "#79706e"];
+                  "#9c755f", "#e15759", "#86bcb6", "#d37295", "#fabfd2", "#8cd17d",
+                  "#499894", "#f1ce63", "#a0cbe8", "#ffbe7d", "#b6992d", "#d4a6c8"];
   const color = {};
   function colorOf(name) {
     if (name === "other") return "#d0d0d0";
