@@ -20,12 +20,12 @@ request that waited longer for a request thread. When the last request is answer
 is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off).
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
-recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
+recorded as a ``gateway/transfer`` span (from admission). Validation reads headers only before
 anything is decoded. Decode and inference run on a bounded thread pool (``--threads``), never on
-the event loop; the wait for a pool thread is the ``gateway/queue`` span. Spans go to a
+the event loop; the wait for a pool thread is ``gateway/queue``, the answer's way back
+``gateway/queue`` + ``gateway/serialize`` (leg response, docs/architecture.md). Spans go to a
 ``SpanRecorder``, flushed to ``--spans-dir`` by a ``SpanFlusher`` (and once more at shutdown);
-without ``--spans-dir`` none are recorded (kept in memory they grew the RSS by ~0.5 KB per span,
-~40 spans per request at k=4, for the life of the process). ``Server-Timing`` is built either way.
+without ``--spans-dir`` none are recorded (kept, they grew the RSS ~18 KB per request for good).
 
 Run: ``python -m pipelines.gateway --port 8000 ...`` (``--help``); prints
 ``overhead gateway ready on http://HOST:PORT`` once it is serving with the models loaded.
@@ -57,7 +57,7 @@ from overhead.contract import topics
 from pipelines.admission import Admission, AdmissionMiddleware, MemoryReleaser, rss_bytes
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
-from pipelines.spans import SpanFlusher, SpanRecorder, now_ns
+from pipelines.spans import SpanFlusher, SpanRecorder, now_ns, record_response_sent
 from pipelines.uploads import FormError, image_bytes
 
 log = logging.getLogger("overhead.gateway")
@@ -264,16 +264,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return _error(503, "overloaded", gw.admission.message(), rid,
                       {"Retry-After": str(gw.admission.retry_after_s)})
 
-    def sent(scope, sent_ns: int) -> None:
-        """The answer is on its way: ``gateway/serialize`` (leg response) from the event loop
-        taking the answer back to its last byte handed to the connection."""
-        rid, resumed = scope.get("state", {}).get("respond") or (None, 0)
-        if rid is not None:
-            gw.recorder.record(rid, "gateway", "serialize", resumed, sent_ns, {"leg": "response"})
-
     app.add_middleware(AdmissionMiddleware, admission=gw.admission, reject=overloaded,
                        on_idle=gw.releaser.maybe_release if settings.release_memory else None,
-                       on_sent=sent)
+                       on_sent=lambda scope, t: record_response_sent(gw.recorder, scope, t))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -346,7 +339,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         except FormError as exc:
             return _error(400, "bad_form", str(exc), rid)
         try:
-            probe = inspect_image(data, cap, settings.max_pixels)
+            probe = inspect_image(data, cap, settings.max_pixels)   # headers only
             result, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
         except _FAILURES as exc:
@@ -354,10 +347,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         timing, done = result.pop("timing"), result.pop("done_ns")
         resumed = now_ns()   # the answer's way back: listener -> request thread -> event loop
         gw.recorder.record(rid, "gateway", "queue", min(done, resumed), resumed, {"leg": "response"})
-        request.state.respond = (rid, resumed)
-        total = resumed - t0
+        request.state.respond = (rid, resumed)   # + gateway/serialize once sent (on_sent)
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "
-                  f"{timing.server_timing()}, total;dur={total / 1e6:.3f}")
+                  f"{timing.server_timing()}, total;dur={(resumed - t0) / 1e6:.3f}")
         return JSONResponse(result, headers={"X-Request-ID": rid, "Server-Timing": header})
 
     return app
