@@ -17,7 +17,8 @@ hands each request to a bounded gevent pool (``--overhead-max-in-flight``); ``in
 scheduled time, ``send_ns`` when it really went out, so latency from ``intended_ns`` is free of
 coordinated omission and ``send_ns - intended_ns`` is the schedule lag. A full pool makes the
 scheduler wait (the lag then grows); those waits are counted per step in
-``locust/openloop.json``.
+``locust/openloop.json``. When a step other than the last ends, what it made due and has no
+answer yet is recorded ``incomplete`` of that step (``records.give_up_step``; docs/loadtest.md).
 
 Stable steps (``--overhead-stability-max-seconds S``, > step seconds): at the planned end of a step
 the shape asks ``loadtest.records.live_check`` (``overhead/contract/stability.py`` on this

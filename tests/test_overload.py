@@ -135,8 +135,8 @@ def _manifest(tmp_path: Path, size: str) -> Path:
     return m
 
 
-@pytest.mark.slow
-def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, tmp_path):
+def _open_loop(gw, tmp_path: Path, steps: str, rates: str, drain_s: float, timeout: float):
+    """Real Locust, open loop (Poisson) against ``gw``: (run dir, requests, final stats, sent)."""
     import os
     import subprocess
     import sys
@@ -147,18 +147,24 @@ def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, 
 
     run = RunDir(tmp_path / "run").create()
     cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
-           "--host", small_gateway.url, "--only-summary", "--overhead-run-dir", str(run.path),
-           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", "1:4",
+           "--host", gw.url, "--only-summary", "--overhead-run-dir", str(run.path),
+           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", steps,
            "--overhead-warmup-seconds", "0", "--overhead-arrivals", "poisson",
-           "--overhead-rates", "60", "--overhead-max-in-flight", "200", "--overhead-drain-seconds", "0",
-           "--exit-code-on-error", "0"]
+           "--overhead-rates", rates, "--overhead-max-in-flight", "200",
+           "--overhead-drain-seconds", str(drain_s), "--exit-code-on-error", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    req = pd.read_parquet(run.requests)
-    final = json.loads(run.locust_final.read_text())
-    sent = json.loads(run.locust_openloop.read_text())["steps"]["0"]["scheduled"]
+    sent = sum(s["scheduled"] for s in json.loads(run.locust_openloop.read_text())["steps"].values())
+    return (run, pd.read_parquet(run.requests), json.loads(run.locust_final.read_text()), sent)
+
+
+@pytest.mark.slow
+def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, tmp_path):
+    import pandas as pd
+
+    run, req, final, sent = _open_loop(small_gateway, tmp_path, "1:4", "60", 0, 60)
     # one row per request the scheduler made due, and Locust's own counter agrees
     assert len(req) == sent == final["infer_requests"], (len(req), sent, final)
     assert req["request_id"].is_unique
@@ -199,30 +205,12 @@ def test_requests_in_flight_when_a_step_ends_are_incomplete_in_that_step(small_g
     first step made due and had no answer when it ended is recorded once, incomplete, at that
     step's end (waited until then) and counted in that step; an answer that comes later is not a
     second row, and Locust's own counter still equals the rows."""
-    import os
-    import subprocess
-    import sys
-
     import pandas as pd
 
     from analysis.breakdown import report
-    from overhead.contract.rundir import RunDir
     from overhead.contract.runconfig import write_config
 
-    run = RunDir(tmp_path / "run").create()
-    cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
-           "--host", small_gateway.url, "--only-summary", "--overhead-run-dir", str(run.path),
-           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", "1:3,2:3",
-           "--overhead-warmup-seconds", "0", "--overhead-arrivals", "poisson",
-           "--overhead-rates", "60,2", "--overhead-max-in-flight", "200",
-           "--overhead-drain-seconds", "5", "--exit-code-on-error", "0"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env,
-                          cwd=Path(__file__).resolve().parent.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    req = pd.read_parquet(run.requests)
-    final = json.loads(run.locust_final.read_text())
-    sent = sum(s["scheduled"] for s in json.loads(run.locust_openloop.read_text())["steps"].values())
+    run, req, final, sent = _open_loop(small_gateway, tmp_path, "1:3,2:3", "60,2", 5, 90)
     assert len(req) == sent == final["infer_requests"] and req["request_id"].is_unique
     steps = pd.read_parquet(run.steps).sort_values("step")
     end0 = int(steps["end_ns"].iloc[0])
