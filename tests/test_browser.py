@@ -126,10 +126,16 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
                   "the tab's table (refreshed with Locust's stats poll)", log)
             body = page.locator("table tbody tr")
             assert body.count() >= len(rows) * 3, page.locator("table").inner_text()
-            assert "other" in page.locator("table").inner_text()
+            cells = page.locator("table tbody tr td:nth-child(2)").all_inner_texts()
+            assert "other" in cells and cells[0] == "request (mean)", cells   # the bars' order
             # the legend names every segment drawn, the grey "other" included
             legend = panel.locator(".overhead-legend-item").evaluate_all("els => els.map(e => e.dataset.name)")
             assert "other" in legend and any(n.startswith("detect-") for n in legend), legend
+            def same_numbers():   # the bars (polled by the panel) caught up with the table
+                table = page.locator("table").inner_text()
+                return all(f"({r['requests']} requests)" in panel.inner_text() and
+                           str(r["requests"]) in table for r in tab_numbers() or [])
+            _wait(same_numbers, 20, "the bars and the table showing the same breakdown", log)
             status = page.evaluate("fetch('/overhead/status.json').then(r => r.json())")
             _shot(page, tmp_path, "02-overhead-tab.png")
             (tmp_path / "tab.json").write_text(json.dumps({"breakdown": rows, "status": status}, indent=1))
