@@ -11,6 +11,11 @@ rejected, p50/p99 of the admitted (answered 200) requests of the 3x step, peak R
 baseline, RSS ``--settle`` s after, the incomplete count and the rows missing from
 requests.parquet (sent, by the scheduler's own count, minus rows), against the targets. It only
 measures; it asserts nothing.
+
+The baseline RSS is taken after the warm-up, the unloaded run and the capacity run (8 clients),
+2 s idle: the models, the request threads and the allocator's arenas have all been used once, so
+"RSS after" measures what the overload left behind, not first-use growth. The gateway's
+anonymous memory (``/proc/PID/smaps_rollup``) and ``spans_buffered`` are printed beside it.
 """
 from __future__ import annotations
 
@@ -74,6 +79,17 @@ class Sampler(threading.Thread):
                 self.stop.wait(self.interval)
 
 
+def anonymous_mib(pid: int) -> float:
+    """A process's anonymous (heap, arenas, stacks) resident memory, MiB; NaN when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("nan")
+
+
 def locust_open_loop(url: str, manifest: Path, run: RunDir, rates: list[float],
                      seconds: list[float]) -> None:
     steps = ",".join(f"{i + 1}:{s:g}" for i, s in enumerate(seconds))
@@ -109,6 +125,7 @@ def main(argv=None) -> int:
         capacity, _ = closed_loop(gw.url, data, 10, 8)
         time.sleep(2)
         stats0 = httpx.get(gw.url + "/v1/stats").json()
+        stats0["anon"] = anonymous_mib(gw.pid)
         base = stats0["rss_bytes"]
         print(f"unloaded p50 {np.percentile(unloaded, 50) * 1e3:.0f} ms, p99 "
               f"{np.percentile(unloaded, 99) * 1e3:.0f} ms; capacity {capacity:.1f} req/s; "
@@ -123,6 +140,7 @@ def main(argv=None) -> int:
         sampler.stop.set()
         sampler.join()
         stats1 = httpx.get(gw.url + "/v1/stats").json()
+        stats1["anon"] = anonymous_mib(gw.pid)
     finally:
         gw.stop()
     summarize(run, sampler.rows, base, load_end, np.percentile(unloaded, 99) * 1e3, stats0, stats1)
@@ -162,6 +180,8 @@ def summarize(run: RunDir, samples, base: int, load_end: int, unloaded_p99: floa
           f" MiB, target <= +200), {len(s.loc[s['t'] > load_end])} samples after the load, last "
           f"{after / 2**20:.0f} MiB ({(after - base) / base:+.1%}, target within 10%); "
           f"malloc_trim calls {stats1.get('malloc_trims')}")
+    print(f"  anonymous memory {stats0['anon']:.0f} -> {stats1['anon']:.0f} MiB; spans kept in the "
+          f"gateway's memory {stats0['spans_buffered']} -> {stats1['spans_buffered']}")
     print(f"/healthz: {int((s['health'] == 200).sum())} of {len(s)} samples 200")
 
 

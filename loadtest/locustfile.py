@@ -17,7 +17,8 @@ hands each request to a bounded gevent pool (``--overhead-max-in-flight``); ``in
 scheduled time, ``send_ns`` when it really went out, so latency from ``intended_ns`` is free of
 coordinated omission and ``send_ns - intended_ns`` is the schedule lag. A full pool makes the
 scheduler wait (the lag then grows); those waits are counted per step in
-``locust/openloop.json``.
+``locust/openloop.json``. When a step other than the last ends, what it made due and has no
+answer yet is recorded ``incomplete`` of that step (``records.give_up_step``; docs/loadtest.md).
 
 Stable steps (``--overhead-stability-max-seconds S``, > step seconds): at the planned end of a step
 the shape asks ``loadtest.records.live_check`` (``overhead/contract/stability.py`` on this
@@ -180,6 +181,7 @@ def _configure_load(opts) -> None:
                                         max_in_flight=max(1, opts.overhead_max_in_flight),
                                         seed=opts.overhead_seed)
         InferUser.concurrency = ol.max_in_flight  # connections of the one user's client
+        StepShape.on_step_end = functools.partial(records.give_up_step, state)
         log.info("overhead: open loop, %s arrivals at %s req/s", ol.kind, ol.rates)
     state.rule = StabilityRule(window_s=opts.overhead_stability_window,
                                min_requests=opts.overhead_min_requests)
@@ -245,10 +247,14 @@ class InferUser(FastHttpUser):
             # due now: from here on it has a row, answered or not (records.give_up)
             p = Pending(uuid.uuid4().hex, self.uid, self.next_image(), next_ns)
             state.in_flight[p.request_id] = p
+            if records.missed_its_step(state, shape, step, p):
+                continue   # the scheduler woke after its step had ended: incomplete at once
             pool.spawn(self.request, p.image, next_ns, p)
 
     def request(self, img: CorpusImage, intended_ns: int | None, pending: Pending | None = None):
         send_ns = now_ns()
+        if pending is not None and pending.request_id not in state.in_flight:
+            return   # its step ended while it waited for a slot: recorded incomplete already
         p = pending or Pending(uuid.uuid4().hex, self.uid, img, send_ns)
         p.send_ns, rid = send_ns, p.request_id
         state.in_flight[rid] = p

@@ -18,7 +18,7 @@ from loadtest import webui
 from loadtest.shapes import StepShape
 from loadtest.state import INFER_PATH, LoadState
 from overhead.contract.records import RequestRecord, StepRecord, from_columns, to_columns
-from overhead.contract.clock import this_process
+from overhead.contract.clock import now_ns as clock_ns, this_process
 from overhead.contract.rundir import RunDir, write_json_atomic, write_processes, write_records
 from overhead.contract.stability import assess
 
@@ -71,7 +71,7 @@ def give_up(state: LoadState, request_id: str, now_ns: int | None = None) -> boo
     p = state.in_flight.pop(request_id, None)
     if p is None:
         return False
-    now = time.time_ns() if now_ns is None else now_ns
+    now = clock_ns() if now_ns is None else now_ns
     img = p.image
     state.records.append(RequestRecord(
         request_id=p.request_id, user=p.user, image=img.name, size_class=img.size_class,
@@ -84,6 +84,27 @@ def give_up(state: LoadState, request_id: str, now_ns: int | None = None) -> boo
                                 exception=Incomplete(f"no answer after "
                                                      f"{(now - p.intended_ns) / 1e9:.1f} s"))
     return True
+
+
+def give_up_step(state: LoadState, end_ns: int) -> int:
+    """Open loop, when a step that is not the last ends (``StepShape.on_step_end``, at the moment
+    the step's ``end_ns`` is stamped): the requests it made due (intended before ``end_ns``) and
+    not answered yet become ``incomplete`` records of that step, waited until ``end_ns``; an
+    answer that still comes is dropped, not recorded twice. (The last step's get
+    ``--overhead-drain-seconds`` first, then ``give_up_in_flight``.)"""
+    late = [rid for rid, p in list(state.in_flight.items()) if p.intended_ns < end_ns]
+    n = sum(give_up(state, rid, end_ns) for rid in late)
+    if n:
+        log.info("overhead: %d requests still in flight when their step ended: incomplete", n)
+    return n
+
+
+def missed_its_step(state: LoadState, shape, step: int, p) -> bool:
+    """Open loop: True (and ``p`` recorded ``incomplete``) when ``p`` was due in ``step`` but that
+    step ended before the scheduler could send it (it woke late): the rule of ``give_up_step``."""
+    rows = shape.tracker.rows if shape is not None and shape.tracker is not None else []
+    end = rows[step]["end_ns"] if step < len(rows) else None
+    return end is not None and p.intended_ns < end and give_up(state, p.request_id, end)
 
 
 def give_up_in_flight(state: LoadState, now_ns: int | None = None) -> int:

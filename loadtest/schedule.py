@@ -4,8 +4,8 @@ tests use this module; ``loadtest/shapes.py`` wraps it in a Locust ``LoadTestSha
 
 A schedule is a list of steps ``(users, seconds)``; the first ``warmup_seconds`` of every step are
 not measured (the new users are connecting, queues are filling). ``StepTracker`` records, with
-``time.time_ns()``, when each step actually began and ended: Locust polls a shape about once a
-second, so real boundaries differ from the plan by up to a second, and the analysis must use the
+the spans' clock (``overhead.contract.clock``), when each step actually began and ended: Locust
+polls a shape about once a second, so real boundaries differ from the plan by up to a second, and the analysis must use the
 recorded ones (``steps.parquet``), not the plan.
 
 Schedule syntax (CLI ``--overhead-steps`` / env ``OVERHEAD_STEPS``): ``"1,2,4,8"`` with a common
@@ -14,8 +14,8 @@ step length, or per-step lengths ``"1:20,2:20,4:30"``.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
+from overhead.contract.clock import now_ns as clock_ns  # the spans' clock
 
 
 
@@ -145,10 +145,10 @@ class StepTracker:
             return None
         i = self.schedule.step_at(elapsed_s - self._shift)
         if i != self.current and self.check is not None and self.current is not None:
-            if self._hold(elapsed_s, time.time_ns() if now_ns is None else now_ns):
+            if self._hold(elapsed_s, clock_ns() if now_ns is None else now_ns):
                 return self.current
         if i != self.current:
-            now = time.time_ns() if now_ns is None else now_ns
+            now = clock_ns() if now_ns is None else now_ns
             if self.check is not None and i is not None:  # the step's length counts from now
                 self._shift = max(self._shift, elapsed_s - self.schedule.boundaries()[i])
                 self._start_elapsed = elapsed_s
@@ -170,7 +170,7 @@ class StepTracker:
 
     def finish(self, now_ns: int | None = None) -> list[dict]:
         """Close the running step (the test stopped, early or on schedule); all rows."""
-        self._close(time.time_ns() if now_ns is None else now_ns)
+        self._close(clock_ns() if now_ns is None else now_ns)
         self.finished = True
         return self.rows
 

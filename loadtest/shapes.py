@@ -4,7 +4,7 @@ Locust process; the schedule arithmetic lives in ``loadtest/schedule.py``).
 ``StepShape`` runs the schedule given by ``--overhead-steps`` / ``--overhead-step-seconds`` /
 ``--overhead-warmup-seconds`` (or the ``OVERHEAD_*`` env vars), holding a step past its planned
 end while the locustfile's stability check says it is not stable yet, and records each step's
-real start and end with ``time.time_ns()`` (``StepTracker``); the locustfile writes them to steps.parquet.
+real start and end with the spans' clock (``StepTracker``); the locustfile writes them to steps.parquet.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class StepShape(LoadTestShape):
     # set by the locustfile when steps are extended until stable:
     # {"check": fn(row, now_ns) -> Verdict, "max_seconds": float}
     stability: dict | None = None
+    # set by the locustfile in open loop: on_step_end(end_ns) when a step other than the last ends
+    on_step_end = None
 
     def __init__(self, schedule: StepSchedule | None = None):
         super().__init__()
@@ -41,7 +43,10 @@ class StepShape(LoadTestShape):
 
     def tick(self):
         tracker = self._ensure()
+        closed = len(tracker.rows)
         i = tracker.observe(self.get_run_time())
+        if type(self).on_step_end is not None and 0 < closed < len(tracker.rows):
+            type(self).on_step_end(tracker.rows[closed - 1]["end_ns"])   # a step ended, not the last
         return None if i is None else (self.schedule.steps[i][0], SPAWN_RATE)
 
     @property

@@ -193,7 +193,8 @@ class GatewaySettings(ClassifierOptions):
                                      "then answer 503")
     release_memory: bool = Field(True, description="when the last request is answered, hand "
                                  "freed heap back to the OS (glibc malloc_trim)")
-    spans: bool = Field(True, description="record spans (--no-spans: span-overhead benchmark)")
+    spans: bool = Field(True, description="record spans to --spans-dir (none without it; "
+                        "--no-spans: span-overhead benchmark)")
     access_log: bool = Field(False, description="uvicorn access log")
 
     @property

@@ -22,6 +22,7 @@ import ctypes.util
 import os
 import threading
 import time
+from overhead.contract.clock import now_ns as clock_ns  # the spans' clock
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -110,11 +111,16 @@ class Admission:
 
 class AdmissionMiddleware:
     """ASGI: bound the ``POST`` requests to ``paths``; ``reject(scope)`` builds the 503 (an ASGI
-    response app); ``on_idle()`` runs when the last admitted request is answered."""
+    response app); ``on_idle()`` runs when the last admitted request is answered.
 
-    def __init__(self, app, admission: Admission, reject, paths=("/v1/infer",), on_idle=None):
+    An admitted request's ``scope["state"]["admitted_ns"]`` is when its headers were in (wall
+    clock); ``on_sent(scope, sent_ns)`` runs once its whole answer has been handed to the
+    connection (the gateway records its response span there)."""
+
+    def __init__(self, app, admission: Admission, reject, paths=("/v1/infer",), on_idle=None,
+                 on_sent=None):
         self.app, self.admission, self.reject = app, admission, reject
-        self.paths, self.on_idle = frozenset(paths), on_idle
+        self.paths, self.on_idle, self.on_sent = frozenset(paths), on_idle, on_sent
 
     async def __call__(self, scope, receive, send):
         if (scope["type"] != "http" or scope["method"] != "POST"
@@ -122,8 +128,18 @@ class AdmissionMiddleware:
             return await self.app(scope, receive, send)
         if not self.admission.try_admit():
             return await self.reject(scope)(scope, receive, send)   # the body is never read
+        scope.setdefault("state", {})["admitted_ns"] = clock_ns()
+        if self.on_sent is not None:
+            send = self._timed(scope, send)
         try:
             await self.app(scope, receive, send)
         finally:
             if self.admission.release() == 0 and self.on_idle is not None:
                 self.on_idle()
+
+    def _timed(self, scope, send):
+        async def timed_send(message):
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.on_sent(scope, clock_ns())
+        return timed_send

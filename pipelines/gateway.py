@@ -20,10 +20,12 @@ request that waited longer for a request thread. When the last request is answer
 is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off).
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
-recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
+recorded as a ``gateway/transfer`` span (from admission). Validation reads headers only before
 anything is decoded. Decode and inference run on a bounded thread pool (``--threads``), never on
-the event loop; the wait for a pool thread is the ``gateway/queue`` span. Spans go to a
-``SpanRecorder``, flushed to ``--spans-dir`` by a ``SpanFlusher`` (and once more at shutdown).
+the event loop; the wait for a pool thread is ``gateway/queue``, the answer's way back
+``gateway/queue`` + ``gateway/serialize`` (leg response, docs/architecture.md). Spans go to a
+``SpanRecorder``, flushed to ``--spans-dir`` by a ``SpanFlusher`` (and once more at shutdown);
+without ``--spans-dir`` none are recorded (kept, they grew the RSS ~18 KB per request for good).
 
 Run: ``python -m pipelines.gateway --port 8000 ...`` (``--help``); prints
 ``overhead gateway ready on http://HOST:PORT`` once it is serving with the models loaded.
@@ -56,7 +58,7 @@ from overhead.contract.clock import set_role
 from pipelines.admission import Admission, AdmissionMiddleware, MemoryReleaser, rss_bytes
 from pipelines.pipeline import ClassifierFailed, ResultTimeout, TwoStagePipeline
 from pipelines.preprocess import ImageRejected, get_preprocessor, inspect_image
-from pipelines.spans import SpanFlusher, SpanRecorder, now_ns
+from pipelines.spans import SpanFlusher, SpanRecorder, now_ns, record_response_sent
 from pipelines.uploads import FormError, image_bytes
 
 log = logging.getLogger("overhead.gateway")
@@ -108,7 +110,8 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
-        self.recorder = SpanRecorder(enabled=settings.spans)
+        # spans with nowhere to go (no --spans-dir) would pile up in memory for ever: not recorded
+        self.recorder = SpanRecorder(enabled=settings.spans and bool(settings.spans_dir))
         self.flusher: SpanFlusher | None = None
         self.executor = ThreadPoolExecutor(max_workers=max(1, settings.threads),
                                            thread_name_prefix="request")
@@ -263,7 +266,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                       {"Retry-After": str(gw.admission.retry_after_s)})
 
     app.add_middleware(AdmissionMiddleware, admission=gw.admission, reject=overloaded,
-                       on_idle=gw.releaser.maybe_release if settings.release_memory else None)
+                       on_idle=gw.releaser.maybe_release if settings.release_memory else None,
+                       on_sent=lambda scope, t: record_response_sent(gw.recorder, scope, t))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -320,7 +324,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 return _error(400, "bad_content_length", "Content-Length is not a number.", rid, close)
             if n > cap:
                 return _error(413, "too_large", too_large.format(n=n, cap=cap), rid, close)
-        t0 = now_ns()
+        t0 = getattr(request.state, "admitted_ns", None) or now_ns()   # headers in: receiving
         chunks, got = [], 0
         async for chunk in request.stream():
             got += len(chunk)
@@ -336,15 +340,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         except FormError as exc:
             return _error(400, "bad_form", str(exc), rid)
         try:
-            probe = inspect_image(data, cap, settings.max_pixels)
+            probe = inspect_image(data, cap, settings.max_pixels)   # headers only
             result, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
         except _FAILURES as exc:
             return _failure(exc, rid, settings)
-        timing = result.pop("timing")
-        total = now_ns() - t0
+        timing, done = result.pop("timing"), result.pop("done_ns")
+        resumed = now_ns()   # the answer's way back: listener -> request thread -> event loop
+        gw.recorder.record(rid, "gateway", "queue", min(done, resumed), resumed, {"leg": "response"})
+        request.state.respond = (rid, resumed)   # + gateway/serialize once sent (on_sent)
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "
-                  f"{timing.server_timing()}, total;dur={total / 1e6:.3f}")
+                  f"{timing.server_timing()}, total;dur={(resumed - t0) / 1e6:.3f}")
         return JSONResponse(result, headers={"X-Request-ID": rid, "Server-Timing": header})
 
     return app

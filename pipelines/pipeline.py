@@ -223,7 +223,7 @@ class TwoStagePipeline:
         """Detect, publish crops, wait for their classes. Blocking (run it on a pool thread).
 
         Returns ``{"request_id", "width", "height", "k", "detections": [...], "timing":
-        ComponentTimes}``; raises ``ImageRejected`` (bad image), ``BrokerError`` (publish),
+        ComponentTimes, "done_ns": when the last result was delivered}``; raises ``ImageRejected`` (bad image), ``BrokerError`` (publish),
         ``ResultTimeout`` or ``ClassifierFailed``."""
         if not self.started:
             raise RuntimeError("pipeline not started")
@@ -301,8 +301,10 @@ class TwoStagePipeline:
                                "label_score": round(float(ex.get("score", float("nan"))), 6)})
         for comp, ivs in classify_spans.items():   # wall time covered, crops overlap
             ct.add("classify", comp, _union_ns(ivs))
+        # when the answer was complete: the last result delivered (no crops: detection's end)
+        done = max((d for _, d in waiter.results.values()), default=t5) if m else t5
         return {"request_id": rid, "width": int(src_hw[1]), "height": int(src_hw[0]), "k": m,
-                "detections": detections, "timing": ct}
+                "detections": detections, "timing": ct, "done_ns": done}
 
     def describe(self) -> dict:
         return {"k": self.k, "score_threshold": self.score_threshold,

@@ -83,6 +83,15 @@ class SpanRecorder:
         return len(self._buf)
 
 
+def record_response_sent(recorder: SpanRecorder, scope: dict, sent_ns: int) -> None:
+    """An answer's last byte went to the connection (``AdmissionMiddleware``'s ``on_sent``):
+    ``gateway/serialize`` ``{"leg": "response"}`` from the event loop taking the answer back
+    (``scope["state"]["respond"] = (request_id, resumed_ns)``, set by the endpoint) to now."""
+    rid, resumed = scope.get("state", {}).get("respond") or (None, 0)
+    if rid is not None:
+        recorder.record(rid, "gateway", "serialize", resumed, sent_ns, {"leg": "response"})
+
+
 def spans_to_table(spans: Iterable[Span]):
     """Span records to an Arrow table with the contract's span schema."""
     return to_table(spans, Span)

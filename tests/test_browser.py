@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deploy.processes import free_port
+from deploy.probes import http_ok
+from deploy.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -51,29 +51,25 @@ def _shot(page, tmp_path: Path, name: str) -> None:
 
 @pytest.fixture
 def locust_ui(tmp_path, real_gateway):
+    """The Locust web UI (a ManagedProcess: own session, stopped by PID, its group killed if it
+    lingers): ``(url, run_dir, log, process)``."""
     gw, spans_dir = real_gateway
     port = free_port()
     run_dir = tmp_path / "ui-run"
-    log = tmp_path / "locust.log"
+    web = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
-    with log.open("wb") as logf:
-        proc = subprocess.Popen(
-            [PY, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--host", gw.url,
-             "--web-host", "127.0.0.1", "--web-port", str(port), "--overhead-run-dir", str(run_dir),
-             "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir),
-             "--overhead-warmup-seconds", "0", "--overhead-stability-window", "2"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
-            env=env, start_new_session=True)
+    proc = ManagedProcess(
+        "locust-ui", [PY, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py"), "--host", gw.url,
+                      "--web-host", "127.0.0.1", "--web-port", str(port), "--overhead-run-dir", str(run_dir),
+                      "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir),
+                      "--overhead-warmup-seconds", "0", "--overhead-stability-window", "2"],
+        tmp_path / "locust.log", ready=lambda: http_ok(web + "/", 2.0), env=env, cwd=tmp_path,
+        stop_timeout_s=20)
+    proc.start(timeout_s=90)
     try:
-        yield f"http://127.0.0.1:{port}", run_dir, log, proc
+        yield web, run_dir, proc.log_path, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        proc.stop()
 
 
 def _wait(pred, timeout: float, what: str, log: Path | None = None):
@@ -95,8 +91,6 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
     from playwright.sync_api import sync_playwright
 
     web, run_dir, log, proc = locust_ui
-    import urllib.request
-    _wait(lambda: urllib.request.urlopen(web + "/", timeout=2).status == 200, 90, "the web UI", log)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -126,6 +120,22 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
 
             rows = _wait(tab_numbers, 90, "the Overhead tab's breakdown", log)
             _wait(lambda: panel.locator(".overhead-bar div").count() >= 3, 20, "the stacked bars", log)
+            # the table under the bars (Locust's extended table, refreshed with its stats poll) has
+            # a "request (mean)" row and the components of each size class
+            _wait(lambda: page.locator("table").inner_text().count("request (mean)") == len(rows), 20,
+                  "the tab's table (refreshed with Locust's stats poll)", log)
+            body = page.locator("table tbody tr")
+            assert body.count() >= len(rows) * 3, page.locator("table").inner_text()
+            cells = page.locator("table tbody tr td:nth-child(2)").all_inner_texts()
+            assert "other" in cells and cells[0] == "request (mean)", cells   # the bars' order
+            # the legend names every segment drawn, the grey "other" included
+            legend = panel.locator(".overhead-legend-item").evaluate_all("els => els.map(e => e.dataset.name)")
+            assert "other" in legend and any(n.startswith("detect-") for n in legend), legend
+            def same_numbers():   # the bars (polled by the panel) caught up with the table
+                table = page.locator("table").inner_text()
+                return all(f"({r['requests']} requests)" in panel.inner_text() and
+                           str(r["requests"]) in table for r in tab_numbers() or [])
+            _wait(same_numbers, 20, "the bars and the table showing the same breakdown", log)
             status = page.evaluate("fetch('/overhead/status.json').then(r => r.json())")
             _shot(page, tmp_path, "02-overhead-tab.png")
             (tmp_path / "tab.json").write_text(json.dumps({"breakdown": rows, "status": status}, indent=1))
@@ -138,8 +148,6 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
             assert status["run_dir"] == str(run_dir.resolve())
             assert panel.locator("#overhead-run-dir").inner_text() == str(run_dir.resolve())
             assert status["validity"]["step"]["users"] == 2
-            _wait(lambda: page.locator("table").inner_text().count("request (mean)") == len(rows), 20,
-                  "the tab's table (refreshed with Locust's stats poll)", log)
             # Statistics: no "component" rows with integer-ms percentiles any more
             stats = page.evaluate("fetch('/stats/requests').then(r => r.json())")
             assert not [s for s in stats["stats"] if s["method"] == "component"]
@@ -164,6 +172,7 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
             assert not errors, errors
         finally:
             browser.close()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    assert not list(Path("/tmp").glob(f"overhead-ui-live-{proc.pid}.parquet"))
+    pid = proc.pid
+    proc.stop(30)
+    assert proc.stopped_by == "SIGTERM", proc.log_tail()      # quit on SIGTERM, not killed
+    assert not list(Path("/tmp").glob(f"overhead-ui-live-{pid}*"))

@@ -112,6 +112,19 @@ def test_a_rejected_client_still_writing_its_body_gets_the_503(small_gateway):
             s.close()
 
 
+def test_no_spans_kept_in_memory_without_a_spans_dir(small_gateway):
+    """Without --spans-dir the gateway has nowhere to write spans: it must not keep them (they
+    grew its RSS by ~18 KB per request for the life of the process, bench_overload's 'RSS after')."""
+    from pipelines.corpus import build_corpus
+
+    data = Path(build_corpus(sizes=("0.1MP",), photos=("china",))[0].path).read_bytes()
+    with httpx.Client(base_url=small_gateway.url, timeout=30) as c:
+        for i in range(3):
+            r = c.post("/v1/infer", content=data)
+            assert r.status_code == 200 and "detect-decode" in r.headers["server-timing"]
+        assert c.get("/v1/stats").json()["spans_buffered"] == 0
+
+
 def _manifest(tmp_path: Path, size: str) -> Path:
     from pipelines.corpus import build_corpus
 
@@ -122,8 +135,8 @@ def _manifest(tmp_path: Path, size: str) -> Path:
     return m
 
 
-@pytest.mark.slow
-def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, tmp_path):
+def _open_loop(gw, tmp_path: Path, steps: str, rates: str, drain_s: float, timeout: float):
+    """Real Locust, open loop (Poisson) against ``gw``: (run dir, requests, final stats, sent)."""
     import os
     import subprocess
     import sys
@@ -134,18 +147,24 @@ def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, 
 
     run = RunDir(tmp_path / "run").create()
     cmd = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
-           "--host", small_gateway.url, "--only-summary", "--overhead-run-dir", str(run.path),
-           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", "1:4",
+           "--host", gw.url, "--only-summary", "--overhead-run-dir", str(run.path),
+           "--overhead-manifest", str(_manifest(tmp_path, "1MP")), "--overhead-steps", steps,
            "--overhead-warmup-seconds", "0", "--overhead-arrivals", "poisson",
-           "--overhead-rates", "60", "--overhead-max-in-flight", "200", "--overhead-drain-seconds", "0",
-           "--exit-code-on-error", "0"]
+           "--overhead-rates", rates, "--overhead-max-in-flight", "200",
+           "--overhead-drain-seconds", str(drain_s), "--exit-code-on-error", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    req = pd.read_parquet(run.requests)
-    final = json.loads(run.locust_final.read_text())
-    sent = json.loads(run.locust_openloop.read_text())["steps"]["0"]["scheduled"]
+    sent = sum(s["scheduled"] for s in json.loads(run.locust_openloop.read_text())["steps"].values())
+    return (run, pd.read_parquet(run.requests), json.loads(run.locust_final.read_text()), sent)
+
+
+@pytest.mark.slow
+def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, tmp_path):
+    import pandas as pd
+
+    run, req, final, sent = _open_loop(small_gateway, tmp_path, "1:4", "60", 0, 60)
     # one row per request the scheduler made due, and Locust's own counter agrees
     assert len(req) == sent == final["infer_requests"], (len(req), sent, final)
     assert req["request_id"].is_unique
@@ -178,6 +197,38 @@ def test_open_loop_over_capacity_leaves_one_row_per_sent_request(small_gateway, 
     assert step["goodput_rps"] == pytest.approx(step["throughput_rps"])   # SLO of 1e9 ms
     tight = report(run.path, quiet=True, slo_ms=1.0).steps.iloc[0]         # nothing within 1 ms
     assert tight["goodput_rps"] == 0 and tight["throughput_rps"] > 0
+
+
+@pytest.mark.slow
+def test_requests_in_flight_when_a_step_ends_are_incomplete_in_that_step(small_gateway, tmp_path):
+    """Open loop, two steps (60 req/s against a gateway that admits 2, then 2 req/s): what the
+    first step made due and had no answer when it ended is recorded once, incomplete, at that
+    step's end (waited until then) and counted in that step; an answer that comes later is not a
+    second row, and Locust's own counter still equals the rows."""
+    import pandas as pd
+
+    from analysis.breakdown import report
+    from overhead.contract.runconfig import write_config
+
+    run, req, final, sent = _open_loop(small_gateway, tmp_path, "1:3,2:3", "60,2", 5, 90)
+    assert len(req) == sent == final["infer_requests"] and req["request_id"].is_unique
+    steps = pd.read_parquet(run.steps).sort_values("step")
+    end0 = int(steps["end_ns"].iloc[0])
+    first = req[req["intended_ns"] < end0]
+    cut = first[first["error"] == "incomplete"]
+    answered = first[first["error"] != "incomplete"]
+    assert len(cut) > 0, "the gateway was busy at the step's end: something was in flight"
+    assert (cut["status"] == 0).all() and (cut["recv_ns"] == end0).all()
+    assert (answered["recv_ns"] <= end0).all()     # nothing of step 0 answered after its end
+    print(f"\nstep 0: {len(first)} due, {len(cut)} in flight at its end (incomplete); "
+          f"waited {((cut['recv_ns'] - cut['intended_ns']) / 1e6).round().tolist()} ms")
+
+    write_config(run.path, {"load": {"arrivals": "poisson", "rates": [60, 2],
+                                     "schedule": [{"rate": 60, "seconds": 3},
+                                                  {"rate": 2, "seconds": 3}]}})
+    rep = report(run.path, quiet=True)
+    row0 = rep.steps.set_index("step").loc[0]
+    assert row0["incomplete"] == len(cut) and row0["saturated"]
 
 
 @pytest.mark.slow

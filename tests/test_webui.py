@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deploy.processes import free_port
+from deploy.probes import http_ok
+from deploy.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -75,16 +76,14 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
     web = f"http://127.0.0.1:{port}"
     log = tmp_path / "locust.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVERHEAD_")}
-    with log.open("wb") as logf:
-        proc = subprocess.Popen(
-            [PY, "-m", "locust", "-f", str(LOCUSTFILE), "--host", gw.url, "--web-host", "127.0.0.1",
-             "--web-port", str(port), "--overhead-run-dir", str(run_dir),
-             "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir),
-             "--overhead-warmup-seconds", "0"],   # default 5 s, as in the sweep
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
-            env=env, start_new_session=True)
+    proc = ManagedProcess(
+        "locust-ui", [PY, "-m", "locust", "-f", str(LOCUSTFILE), "--host", gw.url, "--web-host", "127.0.0.1",
+                      "--web-port", str(port), "--overhead-run-dir", str(run_dir),
+                      "--overhead-manifest", str(_manifest(tmp_path)), "--overhead-spans-dir", str(spans_dir),
+                      "--overhead-warmup-seconds", "0"],   # default 5 s, as in the sweep
+        log, ready=lambda: http_ok(web + "/", 2.0), env=env, cwd=tmp_path, stop_timeout_s=20)
+    proc.start(timeout_s=60)
     try:
-        _wait(lambda: urllib.request.urlopen(web + "/", timeout=2).status == 200, 60, "the web UI", log)
         r = _post(web + "/swarm", {"user_count": 1, "spawn_rate": 10, "host": gw.url})
         assert r["success"] and "shape" not in r["message"], r     # the UI's numbers, not the shape
         time.sleep(2.5)
@@ -133,14 +132,11 @@ def test_web_ui_run_against_the_real_gateway(tmp_path, real_gateway):
         assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
         md = (run_dir / "report.md").read_text()
         assert "reset 1× in the web UI" in md and "MISMATCH" not in md
+        # quit on SIGTERM by itself (not killed), leaving nothing behind in its process group
+        pid = proc.pid
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(20) is not None, "Locust did not stop on SIGTERM"
+        time.sleep(0.2)
+        assert not _group_alive(pid), "orphans left in Locust's process group"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            raise AssertionError("Locust did not stop on SIGTERM")
-    time.sleep(0.2)
-    assert not _group_alive(proc.pid), "orphans left in Locust's process group"
+        proc.stop()

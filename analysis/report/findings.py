@@ -105,7 +105,7 @@ def _unexplained_other(main: pd.DataFrame, users) -> list[str]:
     if not len(other):
         return []
     worst = main.loc[other.idxmax()]
-    msg = (f"Unexplained `other` (no span covers it: HTTP transfer, event loop, hand-offs) is "
+    msg = (f"Unexplained `other` (no span covers it: the client's send and receive, HTTP parsing before admission, hand-offs) is "
            f"{fmt_pct(other.min())}–{fmt_pct(other.max())} of end-to-end "
            f"(largest at {users(worst['users'])}, {worst['size_class']}: "
            f"{fmt_ms(worst[f'{UNCOVERED}_mean_ms'])} ms).")

@@ -53,10 +53,11 @@ def step_table(requests_df: pd.DataFrame, steps_df: pd.DataFrame | None) -> pd.D
 
 def assign_steps(requests_df: pd.DataFrame, steps_df: pd.DataFrame) -> pd.Series:
     """Step of each request: the step whose measured window [measure_start_ns, end_ns) holds its
-    completion (recv_ns) — for a request never answered (``incomplete``) its send time, the step
-    that sent it; -1 for warm-up, between steps, or after the end."""
+    completion (recv_ns) — for a request never answered in its step (``incomplete``) its intended
+    send time, the step that made it due; -1 for warm-up, between steps, or after the end."""
     step = np.full(len(requests_df), -1, np.int64)
-    recv = np.where(requests_df["error"] == "incomplete", requests_df["send_ns"],
+    recv = np.where(requests_df["error"] == "incomplete",
+                    requests_df["intended_ns"].fillna(requests_df["send_ns"]),
                     requests_df["recv_ns"]).astype(np.int64)
     for row in steps_df.itertuples():
         inside = (recv >= row.measure_start_ns) & (recv < row.end_ns)

@@ -1,9 +1,10 @@
 // The Overhead tab's panel (loadtest/overhead_tab.py): run directory, validity so far and one
 // stacked bar per size class, above Locust's table of the same numbers. Polls while the tab is open.
 (function () {
+  // no greys: grey is "other" only
   const COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-                  "#9c755f", "#bab0ac", "#e15759", "#86bcb6", "#d37295", "#fabfd2", "#8cd17d",
-                  "#499894", "#f1ce63", "#a0cbe8", "#ffbe7d", "#b6992d", "#d4a6c8", "#79706e"];
+                  "#9c755f", "#e15759", "#86bcb6", "#d37295", "#fabfd2", "#8cd17d",
+                  "#499894", "#f1ce63", "#a0cbe8", "#ffbe7d", "#b6992d", "#d4a6c8"];
   const color = {};
   function colorOf(name) {
     if (name === "other") return "#d0d0d0";
@@ -42,11 +43,18 @@
     }
     if (!rows.length && st.records > 50) html += "<div>No spans found for " + st.records + " requests: start the gateway with <code>--spans-dir D</code> and Locust with <code>--overhead-spans-dir D</code>.</div>";
     else if (!rows.length) html += "<div>(no requests with spans yet: spans arrive ~2 s after their requests)</div>";
-    html += '<div style="display:flex;flex-wrap:wrap;gap:10px;margin-top:6px">';
-    for (const name of Object.keys(color)) {
-      html += '<span><span style="display:inline-block;width:12px;height:12px;background:' + colorOf(name) + '"></span> ' + esc(name) + "</span>";
+    // the legend: every segment drawn, in the bars' order, the grey "other" included
+    const names = [];
+    rows.forEach(r => Object.entries(r.components).forEach(([n, ms]) => { if (ms > 0 && !names.includes(n)) names.push(n); }));
+    html += '<div id="overhead-legend" style="display:flex;flex-wrap:wrap;gap:10px;margin-top:6px">';
+    for (const name of names) {
+      html += '<span class="overhead-legend-item" data-name="' + esc(name) + '"><span style="display:inline-block;width:12px;height:12px;background:' + colorOf(name) + '"></span> ' + esc(name) + "</span>";
     }
-    panel.innerHTML = html + "</div></div>";
+    html += "</div>";
+    if (names.includes("other"))
+      html += '<div style="color:#555;margin-top:4px">other: time on the path no span covers (the client sending and ' +
+              "receiving, HTTP parsing before the gateway admits the request, hand-offs between spans).</div>";
+    panel.innerHTML = html + "</div>";
   }
   async function tick() {
     let panel = document.getElementById("overhead-panel");
@@ -68,5 +76,6 @@
   }
   setInterval(tick, 2000);
   window.addEventListener("popstate", tick);
+  document.addEventListener("click", () => setTimeout(tick, 50));   // the tab opened: draw now
   tick();
 })();
