@@ -21,8 +21,9 @@ is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off)
 
 The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
 recorded as a ``gateway/transfer`` span. Validation reads headers only (``inspect_image``) before
-anything is decoded. Decode and inference run on a bounded thread pool (``--threads``), never on
-the event loop; the wait for a pool thread is the ``gateway/queue`` span. Spans go to a
+anything is decoded. Decode and detection run on a bounded thread pool (``--threads``), never on
+the event loop; the wait for a pool thread is the ``gateway/queue`` span. The crops' results are
+awaited on the event loop, so a pool thread is free for the next image while they are classified. Spans go to a
 ``SpanRecorder``, flushed to ``--spans-dir`` by a ``SpanFlusher`` (and once more at shutdown).
 
 Run: ``python -m pipelines.gateway --port 8000 ...`` (``--help``); prints
@@ -168,12 +169,14 @@ class Gateway:
             log.info("spans flushed to %s", self.flusher.directory)
 
     # -- request thread ----------------------------------------------------------------------
-    def run_request(self, rid: str, data: bytes, probe, submitted_ns: int) -> tuple[dict, int]:
+    def run_request(self, rid: str, data: bytes, probe, submitted_ns: int):
+        """Detect and publish the crops (``TwoStagePipeline.submit``); the caller awaits the
+        results (``wait_async``) without holding this thread. Returns (submitted, queued ns)."""
         t = now_ns()
         self.recorder.record(rid, "gateway", "queue", submitted_ns, t)
         if self.admission.over_budget(t - submitted_ns):
             raise QueueBudgetExceeded(t - submitted_ns)
-        return self.pipeline.process(rid, data, probe), t - submitted_ns
+        return self.pipeline.submit(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
     DEPTH_TOPICS = topics.PIPELINE_TOPICS
@@ -336,8 +339,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return _error(400, "bad_form", str(exc), rid)
         try:
             probe = inspect_image(data, cap, settings.max_pixels)
-            result, queued_ns = await asyncio.get_running_loop().run_in_executor(
+            sub, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
+            await gw.pipeline.wait_async(sub)
+            result = gw.pipeline.finish(sub)
         except _FAILURES as exc:
             return _failure(exc, rid, settings)
         timing = result.pop("timing")
