@@ -186,8 +186,7 @@ class GatewaySettings(ClassifierOptions):
                          "publish the crops); 2 x the cores, at most 16")
     max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
                                    "answered; beyond it 503 overloaded (Retry-After) before the "
-                                   "body is read (default: 2 x --threads: every request thread "
-                                   "busy and one request waiting for each, so a closed-loop "
+                                   "body is read (default: 2 x --threads, so a closed-loop "
                                    "sweep up to 2 x threads users is never turned away; fewer "
                                    "cuts the admitted latency, see README)")
     max_queue_ms: float = Field(0.0, description="queue-time budget: an admitted request that "
