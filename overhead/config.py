@@ -19,6 +19,7 @@ This module is at the bottom of the house: it imports nothing from the project.
 from __future__ import annotations
 
 import argparse
+import os
 import types
 import typing
 from typing import Any, ClassVar, Literal
@@ -27,6 +28,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "OVERHEAD_"
+DEFAULT_K = 4        # crops classified per image
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Arrivals = Literal["poisson", "constant"]
 
@@ -142,7 +145,8 @@ class ClassifierOptions(Options):
                            "the worker's crop batch")
     max_delay_ms: float = Field(0.0, description="max wait for a batch to fill")
     worker_batch: int | None = Field(None, description="max crops per classifier call "
-                                     "(default: --max-batch)")
+                                     "(default: the larger of --max-batch and the crops of one "
+                                     f"image, --k, {DEFAULT_K} for a worker process)")
     spans_dir: str | None = Field(None, description="write span parquet parts here (a worker "
                                   "process: instead of sending its spans in the result headers)")
     log_level: LogLevel = Field("info", description="log level")
@@ -153,7 +157,9 @@ class ClassifierOptions(Options):
 
     @property
     def classifier_batch(self) -> int:
-        return self.worker_batch if self.worker_batch is not None else self.max_batch
+        """Crops per classifier call: ``worker_batch``, else one image's crops in one call."""
+        k = getattr(self, "k", DEFAULT_K)   # a worker process does not know the gateway's k
+        return self.worker_batch if self.worker_batch is not None else max(self.max_batch, k)
 
     @property
     def backend_options(self) -> dict:
@@ -171,16 +177,18 @@ class GatewaySettings(ClassifierOptions):
                           "or a directory holding model.json")
     reduced: Literal["auto", "off"] = Field("auto", description="DCT-reduced JPEG decode when "
                                             "the image is >= 2x the detector input")
-    k: int = Field(4, description="crops classified per image (fan-out)")
+    k: int = Field(DEFAULT_K, description="crops classified per image (fan-out)")
     score_threshold: float = Field(0.3, description="detections below this score are dropped")
     iou_threshold: float = Field(0.5, description="non-maximum suppression IoU threshold")
-    workers: int = Field(1, description="in-process classifier worker threads (0: external "
-                         "workers only)")
-    threads: int = Field(4, description="request threads (decode, detect, wait for results)")
+    workers: int = Field(max(1, min(CORES // 2, 8)), description="in-process classifier worker "
+                         "threads, one session each (0: external workers only); half the cores "
+                         "this process may use (the request threads' decode and detection take "
+                         "the other half), at least 1, at most 8")
+    threads: int = Field(min(2 * CORES, 16), description="request threads (decode, detect, "
+                         "publish the crops); 2 x the cores, at most 16")
     max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
                                    "answered; beyond it 503 overloaded (Retry-After) before the "
-                                   "body is read (default: 2 x --threads: every request thread "
-                                   "busy and one request waiting for each, so a closed-loop "
+                                   "body is read (default: 2 x --threads, so a closed-loop "
                                    "sweep up to 2 x threads users is never turned away; fewer "
                                    "cuts the admitted latency, see README)")
     max_queue_ms: float = Field(0.0, description="queue-time budget: an admitted request that "
@@ -219,7 +227,10 @@ def worker_argv(gateway: GatewaySettings) -> list[str]:
     logging: whoever starts the workers sets those)."""
     shared = set(WorkerSettings.model_fields) & set(GatewaySettings.model_fields)
     unused_urls = {"triton_url", "tfserving_url"} - {f"{gateway.backend}_url"}
-    return gateway.to_argv(shared - {"broker", "spans_dir", "log_level"} - unused_urls)
+    argv = gateway.to_argv(shared - {"broker", "spans_dir", "log_level"} - unused_urls)
+    if gateway.worker_batch is None:   # one image's crops per call: the worker needs the gateway's k
+        argv += ["--worker-batch", str(gateway.classifier_batch)]
+    return argv
 
 
 class ModelsSettings(Options):

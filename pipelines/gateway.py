@@ -1,34 +1,29 @@
 """The HTTP gateway (FastAPI + uvicorn): upload -> validate -> two-stage pipeline -> JSON.
 
 Endpoints
-  ``POST /v1/infer``  body = image bytes (JPEG or PNG), or a multipart/form-data form with the image
-                      as its file part (``curl -F file=@photo.jpg``); optional ``X-Request-ID`` (minted if absent,
-                      always echoed). 200 ``{request_id, width, height, k, detections}`` with a
-                      ``Server-Timing`` header; errors are JSON ``{"error": code, "message": ...}``:
-                      400/413/415/422 bad upload, 503 not ready / broker full (``Retry-After``),
-                      504 crops not classified in time, 502 classifier failed, 500 unexpected.
+  ``POST /v1/infer``  image bytes (JPEG or PNG) as the body or a multipart form's file part
+                      (``curl -F file=@photo.jpg``); optional ``X-Request-ID`` (minted if absent,
+                      echoed). 200 ``{request_id, width, height, k, detections}`` + ``Server-Timing``;
+                      errors are JSON ``{"error": code, "message": ...}``: 400/413/415/422 bad upload,
+                      503 not ready / overloaded / broker full (``Retry-After``), 504 crops not
+                      classified in time, 502 classifier failed, 500 unexpected.
   ``GET /healthz``    200 ``{"status": "ok", models, broker}`` once the models are loaded, else 503.
   ``GET /v1/config``  effective settings, versions, models, machine (for a run's config.json).
-  ``GET /v1/stats``   in-flight requests, late/duplicate results, worker counters, broker depth
-                      per topic (``broker.depth``: crops, results, crops.dlq; -1 unknown),
-                      admission (in progress, admitted, rejected) and the process RSS.
+  ``GET /v1/stats``   in-flight requests, late/duplicate results, worker counters, broker depth per
+                      topic (-1 unknown), admission (in progress, admitted, rejected), process RSS.
 
 Admission (``pipelines/admission.py``): at most ``--max-queued`` (default 2 x ``--threads``)
-``/v1/infer`` requests are admitted but not answered; the next one gets 503 ``overloaded`` with
-``Retry-After`` at once, before its body is read; ``--max-queue-ms`` also turns away an admitted
-request that waited longer for a request thread. When the last request is answered, freed heap
-is handed back to the OS (``malloc_trim``; ``--no-release-memory`` turns it off).
+requests are admitted but not answered; the next gets 503 ``overloaded`` with ``Retry-After`` at
+once, before its body is read; ``--max-queue-ms`` also turns away one that waited longer for a
+request thread. When the last request is answered, freed heap goes back to the OS (``malloc_trim``).
 
-The body is read as a stream and capped (``Content-Length`` checked first, then bytes counted),
-recorded as a ``gateway/transfer`` span (from admission). Validation reads headers only before
-anything is decoded. Decode and inference run on a bounded thread pool (``--threads``), never on
-the event loop; the wait for a pool thread is ``gateway/queue``, the answer's way back
-``gateway/queue`` + ``gateway/serialize`` (leg response, docs/architecture.md). Spans go to a
-``SpanRecorder``, flushed to ``--spans-dir`` by a ``SpanFlusher`` (and once more at shutdown);
-without ``--spans-dir`` none are recorded (kept, they grew the RSS ~18 KB per request for good).
-
-Run: ``python -m pipelines.gateway --port 8000 ...`` (``--help``); prints
-``overhead gateway ready on http://HOST:PORT`` once it is serving with the models loaded.
+The body is read as a stream and capped, as a ``gateway/transfer`` span (from admission);
+validation reads headers only (``inspect_image``) before anything is decoded. Decode and detection
+run on a bounded pool (``--threads``; the wait is ``gateway/queue``); the crops' results are
+awaited on the event loop, so the thread is free for the next image meanwhile; the answer's way
+back is ``gateway/queue`` + ``gateway/serialize`` (leg response, docs/architecture.md). Spans go
+to ``--spans-dir`` (``SpanFlusher``); without it none are kept (undrained, they grew the RSS).
+Run ``python -m pipelines.gateway --port 8000 ...``: prints ``overhead gateway ready on URL``.
 """
 from __future__ import annotations
 
@@ -172,12 +167,14 @@ class Gateway:
             log.info("spans flushed to %s", self.flusher.directory)
 
     # -- request thread ----------------------------------------------------------------------
-    def run_request(self, rid: str, data: bytes, probe, submitted_ns: int) -> tuple[dict, int]:
+    def run_request(self, rid: str, data: bytes, probe, submitted_ns: int):
+        """Detect and publish the crops (``TwoStagePipeline.submit``); the caller awaits the
+        results (``wait_async``) without holding this thread. Returns (submitted, queued ns)."""
         t = now_ns()
         self.recorder.record(rid, "gateway", "queue", submitted_ns, t)
         if self.admission.over_budget(t - submitted_ns):
             raise QueueBudgetExceeded(t - submitted_ns)
-        return self.pipeline.process(rid, data, probe), t - submitted_ns
+        return self.pipeline.submit(rid, data, probe), t - submitted_ns
 
     # -- documents ---------------------------------------------------------------------------
     DEPTH_TOPICS = topics.PIPELINE_TOPICS
@@ -341,12 +338,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return _error(400, "bad_form", str(exc), rid)
         try:
             probe = inspect_image(data, cap, settings.max_pixels)   # headers only
-            result, queued_ns = await asyncio.get_running_loop().run_in_executor(
+            sub, queued_ns = await asyncio.get_running_loop().run_in_executor(
                 gw.executor, gw.run_request, rid, data, probe, now_ns())
+            await gw.pipeline.wait_async(sub)
+            result = gw.pipeline.finish(sub)
         except _FAILURES as exc:
             return _failure(exc, rid, settings)
         timing, done = result.pop("timing"), result.pop("done_ns")
-        resumed = now_ns()   # the answer's way back: listener -> request thread -> event loop
+        resumed = now_ns()   # the answer's way back: results listener -> this event loop
         gw.recorder.record(rid, "gateway", "queue", min(done, resumed), resumed, {"leg": "response"})
         request.state.respond = (rid, resumed)   # + gateway/serialize once sent (on_sent)
         header = (f"gateway-transfer;dur={(t1 - t0) / 1e6:.3f}, gateway-queue;dur={queued_ns / 1e6:.3f}, "

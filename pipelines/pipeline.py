@@ -1,21 +1,24 @@
 """The two-stage pipeline: detect on the request thread, classify the crops through the broker.
 
-``TwoStagePipeline.process(request_id, data, probe)`` runs on a gateway pool thread:
-
-  detect/decode -> detect/resize -> detect/normalize -> detect/queue -> detect/inference
-  -> detect/postprocess (threshold, NMS, top-k, crops) -> detect/serialize (per crop)
-  -> publish k crops to ``crops`` -> wait for k ``results`` (joined by request id)
+``TwoStagePipeline.process(request_id, data, probe)`` = ``submit`` (on a gateway pool thread)
++ ``wait`` + ``finish``: detect/decode -> resize -> normalize -> queue -> inference ->
+postprocess (threshold, NMS, top-k, crops) -> serialize (per crop) -> publish the k crops to
+``crops``, back to back -> wait for k ``results`` (by request id). The gateway awaits the results
+on its event loop (``wait_async``): a request thread only does the CPU work and is free for the
+next image while the crops are classified. By default (``worker_batch`` None) a worker classifies
+up to ``max(max_batch, k)`` crops in one call: one image's crops in one batch.
 
 Worker threads (``pipelines.worker.ClassifierWorker``) consume the crops; a results listener
 thread fills the per-request waiters and records the spans the workers put in the result headers
 (stamped with the worker's process, header ``proc``; its ``clock`` record is kept for
 processes.json) plus a ``classify/broker`` span for the result's own trip, attrs
 ``{"crop": i, "leg": "results"}`` (stamped with the gateway's process: it ends on its clock).
-Duplicate results for the same (request, crop) are ignored; results for requests that are no
-longer waited for (timed out) are counted and dropped.
+Duplicates of a (request, crop) are ignored; results for requests no longer waited for (timed
+out) are counted and dropped.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -50,13 +53,40 @@ class ClassifierFailed(RuntimeError):
 
 
 class _Waiter:
-    __slots__ = ("k", "results", "event", "lock")
+    __slots__ = ("k", "results", "event", "lock", "loop", "future")
 
     def __init__(self, k: int):
         self.k = k
         self.results: dict[int, tuple[Message, int]] = {}    # crop -> (result, deliver_ns)
         self.event = threading.Event()
         self.lock = threading.Lock()
+        self.loop = self.future = None      # set by wait_async (an asyncio waiter)
+
+    def complete(self) -> None:
+        """Every crop is in (its spans recorded): wake the waiting thread or event loop."""
+        self.event.set()
+        with self.lock:
+            loop, fut = self.loop, self.future
+        if fut is not None:
+            try:
+                loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:   # the loop is closed (gateway shutting down): nobody waits
+                pass
+
+
+def _resolve(fut) -> None:
+    if not fut.done():   # a timed-out wait cancelled it
+        fut.set_result(None)
+
+
+class Submitted:
+    """A request between its detection (crops published) and its crops' results."""
+    __slots__ = ("rid", "pp", "src_hw", "ct", "waiter", "ready_ns")
+
+    def __init__(self, rid: str, pp, src_hw: tuple, ct: ComponentTimes):
+        self.rid, self.pp, self.src_hw, self.ct = rid, pp, src_hw, ct
+        self.waiter: _Waiter | None = None
+        self.ready_ns = 0   # when the request thread was done with it (crops published)
 
 
 def _union_ns(intervals: list[tuple[int, int]]) -> int:
@@ -94,7 +124,8 @@ class TwoStagePipeline:
         self.max_batch = int(max_batch)
         self.max_delay_ms = float(max_delay_ms)
         self.n_workers = int(workers)
-        self.worker_batch = int(worker_batch if worker_batch is not None else max_batch)
+        # default: the crops of one image in one classifier call (the backend permitting)
+        self.worker_batch = int(worker_batch if worker_batch is not None else max(max_batch, k))
         self.result_timeout_s = float(result_timeout_s)
         self.backend_kind = backend
         self.backend_options = dict(backend_options or {})   # e.g. {"url": ...} of a server
@@ -208,7 +239,7 @@ class TwoStagePipeline:
                     rec.record(rid, "classify", "broker", msg.produce_ns, d.deliver_ns,
                                {"crop": msg.index, "leg": "results"})
                 if complete:
-                    w.event.set()
+                    w.complete()
             if got:
                 self.broker.ack(topics.RESULTS, self._results_group, got)
 
@@ -223,8 +254,15 @@ class TwoStagePipeline:
         """Detect, publish crops, wait for their classes. Blocking (run it on a pool thread).
 
         Returns ``{"request_id", "width", "height", "k", "detections": [...], "timing":
-        ComponentTimes, "done_ns": when the last result was delivered}``; raises ``ImageRejected`` (bad image), ``BrokerError`` (publish),
-        ``ResultTimeout`` or ``ClassifierFailed``."""
+        ComponentTimes, "done_ns": answer complete}``; raises ``ImageRejected``, ``BrokerError``
+        (publish), ``ResultTimeout`` or ``ClassifierFailed``. (The gateway awaits instead: ``wait_async``.)"""
+        sub = self.submit(request_id, data, probe)
+        self.wait(sub)
+        return self.finish(sub)
+
+    def submit(self, request_id: str, data: bytes, probe=None) -> "Submitted":
+        """The request thread's part: decode, detect, postprocess, publish the k crops (all of
+        them encoded first, then published back to back, so a worker takes them as one batch)."""
         if not self.started:
             raise RuntimeError("pipeline not started")
         rid = request_id
@@ -259,35 +297,74 @@ class TwoStagePipeline:
         del img
         t5 = now_ns()
         span("postprocess", t4, t5, {"boxes": len(pp)})
-        m = len(pp)
+        sub = Submitted(rid, pp, src_hw, ct)
+        if len(pp):
+            self._publish(sub, span)
+        sub.ready_ns = now_ns()
+        return sub
 
-        waiter = None
-        if m:
-            waiter = self._waiters[rid] = _Waiter(m)
+    def _publish(self, sub: "Submitted", span) -> None:
+        rid, m = sub.rid, len(sub.pp)
+        wires = []
+        for i, crop in enumerate(sub.pp.crops):
+            s0 = now_ns()
+            # crop.data: the crop's own buffer (C-contiguous), no tobytes() copy before the header
+            wires.append(encode_message(Message(request_id=rid, kind="crop", index=i, k=m,
+                                                shape=crop.shape, dtype="uint8", produce_ns=s0,
+                                                payload=crop.data)))
+            span("serialize", s0, now_ns(), {"crop": i})
+        sub.waiter = self._waiters[rid] = _Waiter(m)
         try:
-            for i, crop in enumerate(pp.crops):
-                s0 = now_ns()
-                payload = crop.tobytes()
-                produce = now_ns()
-                wire = encode_message(Message(request_id=rid, kind="crop", index=i, k=m,
-                                              shape=crop.shape, dtype="uint8", produce_ns=produce,
-                                              payload=payload))
-                s1 = now_ns()
-                span("serialize", s0, s1, {"crop": i})
+            for wire in wires:
                 self.broker.publish(topics.CROPS, wire, key=rid, timeout_s=self.publish_timeout_s)
-            if waiter is not None and not waiter.event.wait(self.result_timeout_s):
-                with waiter.lock:
-                    missing = [i for i in range(m) if i not in waiter.results]
-                if missing:
-                    raise ResultTimeout(rid, missing, m, self.result_timeout_s)
-        finally:
-            if waiter is not None:
-                self._waiters.pop(rid, None)
+        except BaseException:
+            self._waiters.pop(rid, None)
+            raise
 
+    def wait(self, sub: "Submitted") -> None:
+        """Block until every crop of ``sub`` has its result; ``ResultTimeout`` after the timeout."""
+        w = sub.waiter
+        if w is None:
+            return
+        try:
+            if not w.event.wait(self.result_timeout_s):
+                self._raise_missing(sub)
+        finally:
+            self._waiters.pop(sub.rid, None)
+
+    async def wait_async(self, sub: "Submitted") -> None:
+        """``wait`` on an asyncio event loop: no thread is held while the crops are classified
+        (the results listener resolves a future through ``call_soon_threadsafe``)."""
+        w = sub.waiter
+        if w is None:
+            return
+        try:
+            with w.lock:
+                if not w.event.is_set():
+                    w.loop = asyncio.get_running_loop()
+                    w.future = w.loop.create_future()
+            if w.future is not None:
+                try:
+                    await asyncio.wait_for(w.future, self.result_timeout_s)
+                except asyncio.TimeoutError:
+                    self._raise_missing(sub)
+        finally:
+            self._waiters.pop(sub.rid, None)
+
+    def _raise_missing(self, sub: "Submitted") -> None:
+        w, m = sub.waiter, len(sub.pp)
+        with w.lock:
+            missing = [i for i in range(m) if i not in w.results]
+        if missing:
+            raise ResultTimeout(sub.rid, missing, m, self.result_timeout_s)
+
+    def finish(self, sub: "Submitted") -> dict:
+        """The answer of a submitted request whose crops are all classified (``wait``)."""
+        rid, pp, ct, m = sub.rid, sub.pp, sub.ct, len(sub.pp)
         detections = []
         classify_spans: dict[str, list] = {}
         for i in range(m):
-            msg, deliver = waiter.results[i]
+            msg, deliver = sub.waiter.results[i]
             ex = msg.extra
             if "error" in ex:
                 raise ClassifierFailed(f"crop {i} of request {rid}: {ex['error']}")
@@ -301,9 +378,10 @@ class TwoStagePipeline:
                                "label_score": round(float(ex.get("score", float("nan"))), 6)})
         for comp, ivs in classify_spans.items():   # wall time covered, crops overlap
             ct.add("classify", comp, _union_ns(ivs))
-        # when the answer was complete: the last result delivered (no crops: detection's end)
-        done = max((d for _, d in waiter.results.values()), default=t5) if m else t5
-        return {"request_id": rid, "width": int(src_hw[1]), "height": int(src_hw[0]), "k": m,
+        h, w = sub.src_hw
+        # when the answer was complete: the last result delivered (no crops: the crops' publishing done)
+        done = max((d for _, d in sub.waiter.results.values()), default=sub.ready_ns) if m else sub.ready_ns
+        return {"request_id": rid, "width": int(w), "height": int(h), "k": m,
                 "detections": detections, "timing": ct, "done_ns": done}
 
     def describe(self) -> dict:

@@ -111,6 +111,11 @@ class SpanFlusher:
 
     def start(self) -> "SpanFlusher":
         self.directory.mkdir(parents=True, exist_ok=True)
+        # the first Arrow conversion imports pyarrow and pandas (~0.3 s of CPU, holding the GIL):
+        # pay it now, not in the first flush under load (it stalled every request thread)
+        import pyarrow.parquet  # noqa: F401
+
+        rows_to_table(Span, [])
         self._thread.start()
         return self
 

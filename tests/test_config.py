@@ -233,3 +233,17 @@ def test_locustfile_help_lists_every_overhead_option():
     for name in LocustSettings.model_fields:
         assert f"--overhead-{name.replace('_', '-')}" in out.stdout, name
     assert "--users" in out.stdout        # Locust's own options too
+
+
+def test_pools_are_sized_from_the_cores_and_a_worker_batches_one_images_crops():
+    cores = len(os.sched_getaffinity(0))
+    s = GatewaySettings()
+    assert (s.workers, s.threads) == (max(1, min(cores // 2, 8)), min(2 * cores, 16))
+    assert s.worker_batch is None and s.classifier_batch == s.k == 4    # the crops of one image
+    assert GatewaySettings(k=6).classifier_batch == 6
+    assert GatewaySettings(k=2, max_batch=8).classifier_batch == 8
+    assert GatewaySettings(k=6, worker_batch=1).classifier_batch == 1
+    assert WorkerSettings().classifier_batch == 4     # a worker process alone: the default k
+    # a worker process started for a gateway gets the gateway's k as its batch
+    w = WorkerSettings.from_args(["--broker", "redis://h:1", *worker_argv(GatewaySettings(k=6))])
+    assert w.classifier_batch == 6

@@ -1,6 +1,7 @@
 """The gateway over real HTTP on loopback: uvicorn in a child process (stopped by PID), the real
 seeded models (``ensure_model``: built once, ~1 min, then cached), real corpus photos."""
 import io
+import os
 import socket
 import struct
 import threading
@@ -103,8 +104,12 @@ def test_healthz_and_config(client, real_models):
     h = r.json()
     assert h["status"] == "ok" and h["models"] == {"detector": "ssd_mobilenetv2",
                                                    "classifier": "mobilenetv2"}
-    assert h["broker"]["ok"] is True and h["workers"] == 1
     cfg = client.get("/v1/config").json()
+    cores = len(os.sched_getaffinity(0))   # the default pools are sized from the cores
+    assert cfg["settings"]["workers"] == max(1, min(cores // 2, 8))
+    assert cfg["settings"]["threads"] == min(2 * cores, 16)
+    assert h["broker"]["ok"] is True and h["workers"] == cfg["settings"]["workers"]
+    assert cfg["pipeline"]["worker_batch"] == 4            # one image's crops (k) in one call
     assert cfg["settings"]["k"] == 4 and cfg["settings"]["intra_op_threads"] == 1
     assert cfg["versions"]["onnxruntime"] and cfg["models"]["detector"]["input_hw"] == [320, 320]
     assert cfg["pipeline"]["detector"]["intra_op_threads"] == 1

@@ -77,7 +77,10 @@ def crop_service_ms(rep) -> float:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_backlog_from_a_fixed_sleep_per_crop(tmp_path, workers):
+    # one crop per classifier call (the default batches an image's crops): the known answer
+    # below is the backlog of crops served one at a time
     rep = sweep(tmp_path / "run", "--gateway-arg=--k=4", f"--gateway-arg=--workers={workers}",
+                "--gateway-arg=--worker-batch=1",
                 f"--gateway-arg=--calibration-crop-sleep-ms={SLEEP_MS}")
     ok, a = measured(rep)
     service = crop_service_ms(rep)

@@ -1,5 +1,6 @@
 """Worker and two-stage pipeline, in-process: tiny real ONNX models, the opencv preprocessor,
 the memory broker. (Real models over HTTP are in test_gateway.py.)"""
+import asyncio
 import dataclasses
 import json
 import threading
@@ -295,3 +296,90 @@ def test_concurrent_requests_get_their_own_results(tiny_detector, tiny_classifie
         for d, r in zip(o["detections"], ref["detections"]):
             assert d["box"] == r["box"] and d["class_id"] == r["class_id"]
             assert d["label_score"] == pytest.approx(r["label_score"], abs=1e-5)
+
+
+def _classify_spans(rec, rid):
+    return [s for s in rec.drain() if s.request_id == rid and s.stage == "classify"]
+
+
+def test_a_requests_crops_are_classified_in_one_batch_like_one_by_one(tiny_detector, tiny_classifier,
+                                                                      pre, photo_jpeg):
+    """Default worker batch = k: the 4 crops go through ONE classifier call (every crop's
+    inference span is that call: same start/end, batch 4); labels and scores are those of
+    classifying the crops one at a time (worker_batch=1: four calls of batch 1)."""
+    outs, spans = {}, {}
+    for wb in (None, 1):
+        rec = SpanRecorder()
+        p = _pipeline(tiny_detector, tiny_classifier, pre, k=4, workers=0, worker_batch=wb,
+                      recorder=rec)
+        try:
+            # the crops are all in the broker before the worker starts: one consume takes them
+            # (in a running gateway they are published back to back, a worker is usually waiting)
+            sub = p.submit(f"req-batch-{wb}", photo_jpeg, None)
+            assert p.worker_batch == (4 if wb is None else 1) == p.add_worker("w").batch
+            p.wait(sub)
+            outs[wb] = p.finish(sub)
+            time.sleep(0.05)   # the listener records the result legs right before the wake-up
+        finally:
+            p.stop()
+        spans[wb] = _classify_spans(rec, f"req-batch-{wb}")
+    inf = [s for s in spans[None] if s.component == "inference"]
+    assert len(inf) == 4 and len({(s.start_ns, s.end_ns) for s in inf}) == 1
+    assert sorted(json.loads(s.attrs)["crop"] for s in inf) == [0, 1, 2, 3]
+    assert {json.loads(s.attrs)["batch"] for s in inf} == {4}
+    assert p.workers[0].batches == 4 and len({(s.start_ns, s.end_ns) for s in spans[1]
+                                              if s.component == "inference"}) == 4
+    # each crop keeps its own chain: broker legs, serialize, resize, normalize, queue, inference
+    for crop in range(4):
+        mine = [s for s in spans[None] if json.loads(s.attrs)["crop"] == crop]
+        assert {s.component for s in mine} == CLASSIFY_COMPONENTS
+        q = next(s for s in mine if s.component == "queue")
+        assert q.end_ns == inf[0].start_ns   # waits for the batch (its siblings' preprocessing)
+    for a, b in zip(outs[None]["detections"], outs[1]["detections"]):
+        assert (a["box"], a["class_id"], a["label"]) == (b["box"], b["class_id"], b["label"])
+        assert a["label_score"] == pytest.approx(b["label_score"], abs=1e-5)
+
+
+def test_wait_async_frees_the_thread_and_gives_the_same_answer(tiny_detector, tiny_classifier, pre,
+                                                               photo_jpeg):
+    """The gateway's path: submit on a thread, await the crops on an event loop, finish."""
+    p = _pipeline(tiny_detector, tiny_classifier, pre, k=3, workers=1)
+    try:
+        ref = p.process("ref", photo_jpeg, None)
+
+        async def serve(rid):
+            sub = await asyncio.get_running_loop().run_in_executor(None, p.submit, rid,
+                                                                   photo_jpeg, None)
+            await p.wait_async(sub)
+            return p.finish(sub)
+
+        async def many():
+            return await asyncio.gather(*(serve(f"a{i}") for i in range(6)))
+
+        outs = asyncio.run(many())
+    finally:
+        p.stop()
+    assert [o["request_id"] for o in outs] == [f"a{i}" for i in range(6)]
+    for o in outs:
+        assert [d["class_id"] for d in o["detections"]] == [d["class_id"] for d in ref["detections"]]
+        assert "classify-inference;dur=" in o["timing"].server_timing()
+    assert p.stats()["in_flight"] == 0
+
+
+def test_wait_async_times_out_naming_the_crops(tiny_detector, tiny_classifier, pre, photo_jpeg):
+    p = _pipeline(tiny_detector, tiny_classifier, pre, k=2, workers=0, result_timeout_s=0.3)
+    try:
+        sub = p.submit("req-async-timeout", photo_jpeg, None)
+        with pytest.raises(ResultTimeout, match=r"crop\(s\) \[0, 1\] of 2"):
+            asyncio.run(p.wait_async(sub))
+    finally:
+        p.stop()
+    assert p.stats()["in_flight"] == 0
+
+
+def test_worker_batch_is_capped_by_a_fixed_batch_model(tiny_classifier, pre):
+    backend = make_backend("embedded", tiny_classifier)
+    backend.batch_limit = 1      # as for a model exported with batch dim 1
+    worker = ClassifierWorker(MemoryBroker(), backend, pre, tiny_classifier, batch=4)
+    assert worker.batch == 1
+    backend.close()

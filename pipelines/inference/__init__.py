@@ -23,6 +23,7 @@ class InferenceBackend(ABC):
     kind: str = "backend"
     model_name: str = ""
     input_hw: tuple[int, int] = (0, 0)
+    batch_limit: int | None = None   # most items ``infer_batch`` takes in one call (None: any)
 
     @abstractmethod
     def infer(self, x: np.ndarray, request_id: str | None = None) -> InferResult:
@@ -51,6 +52,7 @@ class EmbeddedBackend(InferenceBackend):
         self.model_name = getattr(model_info, "name", "")
         self.input_hw = tuple(model_info.input_hw)
         self.session = OrtSession(model_info.onnx_path, intra_op_threads, inter_op_threads)
+        self.batch_limit = self.session.fixed_batch   # a model exported with batch 1 takes 1
         self.batcher = MicroBatcher(self.session, max_batch=max_batch, max_delay_ms=max_delay_ms)
 
     def infer(self, x: np.ndarray, request_id: str | None = None) -> InferResult:

@@ -163,8 +163,10 @@ def _build_luts() -> dict:
 _LUTS = _build_luts()
 
 
-def normalize(img: np.ndarray, mode: str) -> np.ndarray:
+def normalize(img: np.ndarray, mode: str, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 HxWx3 RGB -> float32 HxWx3 C-contiguous, in one pass (cv2.LUT on a float32 table).
+    ``out``: a C-contiguous float32 HxWx3 array to write into (e.g. one row of a batch) instead
+    of a new array; it is returned.
 
     Modes (values computed in float64 and rounded once to float32, so results are exact):
       - ``tf``:    x / 127.5 - 1                                   (range -1..1)
@@ -175,14 +177,24 @@ def normalize(img: np.ndarray, mode: str) -> np.ndarray:
     """
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"normalize expects HxWx3 uint8, got {img.shape} {img.dtype}")
+    if out is not None and (out.shape != img.shape or out.dtype != np.float32
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"normalize out= must be C-contiguous float32 {img.shape}, got "
+                         f"{out.shape} {out.dtype}")
     if mode == "raw":
-        return img.astype(np.float32, order="C")
+        if out is None:
+            return img.astype(np.float32, order="C")
+        np.copyto(out, img, casting="unsafe")
+        return out
     lut = _LUTS.get(mode)
     if lut is None:
         raise ValueError(f"unknown normalization mode {mode!r}; expected one of {NORMALIZE_MODES}")
     if mode == "caffe":
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)  # uint8 swap: 3x cheaper than on float32
-    return cv2.LUT(img, lut)
+    if out is None:
+        return cv2.LUT(img, lut)
+    cv2.LUT(img, lut, dst=out)
+    return out
 
 
 # --------------------------------------------------------------------------- crop
@@ -257,5 +269,5 @@ class Preprocessor:
     def resize(self, img: np.ndarray, hw: tuple) -> np.ndarray:
         raise NotImplementedError
 
-    def normalize(self, img: np.ndarray, mode: str) -> np.ndarray:
-        return normalize(img, mode)
+    def normalize(self, img: np.ndarray, mode: str, out: np.ndarray | None = None) -> np.ndarray:
+        return normalize(img, mode, out)
