@@ -8,7 +8,8 @@ clocks against each other:
 
 - **gateway vs load generator**, from each request's HTTP round trip: the load generator sends at
   ``t1`` (its clock), the gateway's first span of the request starts at ``t2`` and its last ends at
-  ``t3`` (gateway clock: everything but the workers' stamps), the answer arrives at ``t4``;
+  ``t3`` (gateway clock: everything but the workers' stamps; for the answer's write, its start),
+  the answer arrives at ``t4``;
 - **worker vs gateway**, from each crop's round trip through the broker (below).
 
 ``check_clocks`` returns the per-process table (the report's "Clocks" validity note).
@@ -108,7 +109,13 @@ def gateway_offset(requests: pd.DataFrame, spans: pd.DataFrame, roles: pd.DataFr
         return None
     own = ((roles["worker"] == "").to_numpy() & (spans["stage"] != CLIENT_STAGE).to_numpy())
     starts = spans[own & ~roles["results_leg"].to_numpy()].groupby("request_id")["start_ns"].min()
-    ends = spans[own].groupby("request_id")["end_ns"].max()
+    # The answer's write (``serialize`` leg response) ends when its last byte was handed to the
+    # socket, stamped once the event loop resumes: the client may have the answer already. Its
+    # start (the answer taken for writing) is the gateway's last stamp that surely precedes t4.
+    sent = (spans["component"] == "serialize").to_numpy() & \
+        spans["attrs"].fillna("").str.contains('"leg":"response"', regex=False).to_numpy()
+    ends = spans[own].assign(end_ns=np.where(sent, spans["start_ns"], spans["end_ns"])[own]) \
+        .groupby("request_id")["end_ns"].max()
     req = requests
     if "status" in req.columns:
         req = req[(req["status"] == 200) & (req["error"].isna() if "error" in req else True)]
@@ -119,8 +126,12 @@ def gateway_offset(requests: pd.DataFrame, spans: pd.DataFrame, roles: pd.DataFr
     t1, t4 = (req.loc[ids, c].to_numpy(np.float64) for c in ("send_ns", "recv_ns"))
     t2, t3 = starts.loc[ids].to_numpy(np.float64), ends.loc[ids].to_numpy(np.float64)
     theta, err = ((t2 - t1) + (t3 - t4)) / 2, ((t4 - t1) - (t3 - t2)) / 2
-    i = int(np.argmin(err))
-    return float(theta[i]), float(err[i]), len(ids)
+    # err < 0 (the gateway busy for longer than the client waited) breaks causality: not an exchange
+    ok = np.flatnonzero(err >= 0)
+    if not len(ok):
+        return None
+    i = ok[int(np.argmin(err[ok]))]
+    return float(theta[i]), float(err[i]), len(ok)
 
 
 def _main_process(spans: pd.DataFrame, roles: pd.DataFrame) -> str:
