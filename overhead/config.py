@@ -180,10 +180,9 @@ class GatewaySettings(ClassifierOptions):
     k: int = Field(DEFAULT_K, description="crops classified per image (fan-out)")
     score_threshold: float = Field(0.3, description="detections below this score are dropped")
     iou_threshold: float = Field(0.5, description="non-maximum suppression IoU threshold")
-    workers: int = Field(max(1, min(CORES // 2, 8)), description="in-process classifier worker "
-                         "threads, one session each (0: external workers only); half the cores "
-                         "this process may use (the request threads' decode and detection take "
-                         "the other half), at least 1, at most 8")
+    workers: int = Field(max(1, min(CORES, 8)), description="in-process classifier worker "
+                         "threads, one session each (0: external workers only); one per core "
+                         "this process may use (the request threads share them), at most 8")
     threads: int = Field(min(2 * CORES, 16), description="request threads (decode, detect, "
                          "publish the crops); 2 x the cores, at most 16")
     max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "
