@@ -119,6 +119,8 @@ def test_overhead_tab_live_then_a_readable_report(tmp_path, locust_ui):
                 return rows if rows and all(r["requests"] >= 20 for r in rows) else None
 
             rows = _wait(tab_numbers, 90, "the Overhead tab's breakdown", log)
+            for r in rows:   # both DNNs on the path (a batch's per-crop spans once went missing)
+                assert {"detect-inference", "classify-inference"} <= set(r["components"]), r
             _wait(lambda: panel.locator(".overhead-bar div").count() >= 3, 20, "the stacked bars", log)
             # the table under the bars (Locust's extended table, refreshed with its stats poll) has
             # a "request (mean)" row and the components of each size class

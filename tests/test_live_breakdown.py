@@ -47,3 +47,34 @@ def test_live_breakdown_is_the_reports_critical_path(tmp_path):
         for name, ms in b["components"].items():
             assert ms == pytest.approx(want[name], abs=1e-4), name
     json.dumps(out)   # what GET /overhead/breakdown.json serves
+
+
+def test_live_breakdown_keeps_a_batchs_identical_spans_of_different_crops(tmp_path):
+    """A worker classifying a request's crops in one batch records one inference span per crop
+    with the same start and end; only ``attrs`` (the crop) tells them apart. The tab keeps them
+    all (it once de-duplicated them away and the last crop's inference became ``other``)."""
+    def batched(rid, t0):
+        rows = [(rid, "detect-decode", t0, t0 + 100, None), (rid, "detect-postprocess", t0 + 100, t0 + 150, None)]
+        start, end = t0 + 200, t0 + 600                # one batch of 2 crops, one call
+        for i in range(2):
+            a = {"crop": i, "worker": "W"}
+            rows += [(rid, "detect-serialize", t0 + 150 + 5 * i, t0 + 155 + 5 * i, {"crop": i}),
+                     (rid, "classify-broker", t0 + 155 + 5 * i, t0 + 190, a),
+                     (rid, "classify-normalize", t0 + 190 + 5 * i, t0 + 195 + 5 * i, a),
+                     (rid, "classify-inference", start, end, a),
+                     (rid, "classify-broker", end + 10 * i, end + 20 + 10 * i, {"crop": i, "leg": "results"})]
+        return rows
+    us = 1000   # the tab rounds to 0.1 us: times in microseconds
+    rows = [(rid, c, s * us, e * us, a) for rid, c, s, e, a in batched("a", 0) + batched("b", 10_000)]
+    spans = frame(rows)
+    write_records([_record("a", "1MP", 0, 700 * us), _record("b", "1MP", 10_000 * us, 10_700 * us)], RequestRecord,
+                  tmp_path / "requests.parquet")
+    (tmp_path / "spans").mkdir()
+    spans.to_parquet(tmp_path / "spans" / "part-0.parquet")
+    (b,) = live.compute([str(tmp_path / "requests.parquet"), str(tmp_path / "spans")])
+    path = attribute_both(pd.read_parquet(tmp_path / "requests.parquet"), spans).path
+    want = path.mean() / 1e6
+    assert b["components"]["classify-inference"] == pytest.approx(want["classify-inference"], abs=1e-4)
+    assert want["classify-inference"] == pytest.approx(0.4)      # the batch's 400 us
+    for name, ms in b["components"].items():
+        assert ms == pytest.approx(want[name], abs=1e-4), name

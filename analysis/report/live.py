@@ -67,8 +67,9 @@ def read_live_spans(sources: list[str], request_ids: list[str]) -> pd.DataFrame:
                 tables.append(t.cast(arrow_schema(Span)))
     if not tables:
         return pd.DataFrame({n: pd.Series(dtype=object) for n in field_names(Span)})
+    # the same part read twice adds nothing; a batch's spans of different crops differ in attrs only
     return pa.concat_tables(tables).to_pandas().drop_duplicates(
-        ["request_id", "stage", "component", "start_ns", "end_ns"]).reset_index(drop=True)
+        ["request_id", "stage", "component", "start_ns", "end_ns", "attrs"]).reset_index(drop=True)
 
 
 def breakdown(requests: pd.DataFrame, spans: pd.DataFrame) -> list[dict]:
