@@ -180,9 +180,10 @@ class GatewaySettings(ClassifierOptions):
     k: int = Field(DEFAULT_K, description="crops classified per image (fan-out)")
     score_threshold: float = Field(0.3, description="detections below this score are dropped")
     iou_threshold: float = Field(0.5, description="non-maximum suppression IoU threshold")
-    workers: int = Field(max(1, min(CORES, 8)), description="in-process classifier worker "
-                         "threads, one session each (0: external workers only); one per core "
-                         "this process may use (the request threads share them), at most 8")
+    workers: int = Field(max(1, min(CORES - 1, 8)), description="in-process classifier worker "
+                         "threads, one session each (0: external workers only); default: one "
+                         "per core left after the detector's session (cores - 1, at least 1, at "
+                         "most 8), so the model instances do not oversubscribe the cores")
     threads: int = Field(min(2 * CORES, 16), description="request threads (decode, detect, "
                          "publish the crops); 2 x the cores, at most 16")
     max_queued: int | None = Field(None, description="most /v1/infer requests admitted but not "

@@ -184,3 +184,36 @@ def test_the_ratio_of_a_blend_of_size_classes_uses_the_harmonic_ceiling():
     assert cr.ceiling_rps == pytest.approx(15.0) and cr.ratio == pytest.approx(0.8)
     assert cr.per_size == {"1MP": pytest.approx((6.0, 7.5)), "8MP": pytest.approx((6.0, 7.5))}
     assert ceiling_ratio(CeilingRecord("skipped", "--no-ceiling"), Summary(main, main, steps)) is None
+
+
+def test_the_report_says_whether_the_cpu_or_the_instances_bound_the_ceiling():
+    """Known answer: a mix whose process used 3.0 s of CPU in a 3 s window kept 1.00 core busy
+    of 2 (instance-bound); 5.9 s in 3 s is 1.97 of 2 (no such warning). A remote server's CPU
+    is not the measuring process's, so nothing is said then."""
+    import pandas as pd
+
+    from analysis.report.ceiling import _ceiling_bound, ceiling_ratio
+    from analysis.report.load import Run
+    from analysis.report.summary import Summary
+    from overhead.contract.ceiling import MixCeiling
+
+    steps = pd.DataFrame({"step": [0], "users": [4], "requests": [100],
+                          "throughput_rps": [9.0], "goodput_rps": [9.0]})
+    main = pd.DataFrame({"step": [0], "users": [4], "size_class": ["1MP"], "requests": [100]})
+    run = Run(path=Path("."), config={"machine": {"cores": 2}}, steps=steps,
+              requests=pd.DataFrame(), spans=pd.DataFrame())
+    settings = {"detector_instances": 1, "classifier_instances": 1, "intra_op_threads": 1}
+
+    def sentence(cpu_s: float, backend: str = "embedded", **extra) -> str:
+        rec = CeilingRecord("measured", backend=backend, settings={**settings, **extra},
+                            mixes=(MixCeiling("1MP", 4.0, 10.0, 30, 3.0, 6, cpu_s),))
+        cr = ceiling_ratio(rec, Summary(main=main, stages=pd.DataFrame(), steps=steps))
+        return _ceiling_bound(run, rec, cr)
+
+    bound = sentence(3.0)
+    assert "kept 1.00 of the machine's 2 cores busy" in bound and "bound it, not the CPU" in bound
+    assert "1 detector and 1 classifier instance(s)" in bound
+    busy = sentence(5.9)
+    assert "kept 1.97 of the machine's 2 cores busy" in busy and "bound it" not in busy
+    assert sentence(3.0, backend="triton", cpu_of="this process") == ""
+    assert "kept 1.00" in sentence(3.0, backend="triton", cpu_of="this process + server pid 7")

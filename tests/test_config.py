@@ -238,7 +238,7 @@ def test_locustfile_help_lists_every_overhead_option():
 def test_pools_are_sized_from_the_cores_and_a_worker_batches_one_images_crops():
     cores = len(os.sched_getaffinity(0))
     s = GatewaySettings()
-    assert (s.workers, s.threads) == (max(1, min(cores, 8)), min(2 * cores, 16))
+    assert (s.workers, s.threads) == (max(1, min(cores - 1, 8)), min(2 * cores, 16))
     assert s.worker_batch is None and s.classifier_batch == s.k == 4    # the crops of one image
     assert GatewaySettings(k=6).classifier_batch == 6
     assert GatewaySettings(k=2, max_batch=8).classifier_batch == 8

@@ -106,7 +106,7 @@ def test_healthz_and_config(client, real_models):
                                                    "classifier": "mobilenetv2"}
     cfg = client.get("/v1/config").json()
     cores = len(os.sched_getaffinity(0))   # the default pools are sized from the cores
-    assert cfg["settings"]["workers"] == max(1, min(cores, 8))
+    assert cfg["settings"]["workers"] == max(1, min(cores - 1, 8))
     assert cfg["settings"]["threads"] == min(2 * cores, 16)
     assert h["broker"]["ok"] is True and h["workers"] == cfg["settings"]["workers"]
     assert cfg["pipeline"]["worker_batch"] == 4            # one image's crops (k) in one call

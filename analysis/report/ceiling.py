@@ -100,7 +100,7 @@ def ceiling_findings(run: Run, summary: Summary, users) -> list[str]:
     if len(ks) == 1 and len(c.mixes) > 1:
         head += (f" The ceiling is the same for every size class within noise (the detector's "
                  f"input is fixed after resize; k = {ks.pop():g} crops everywhere).")
-    head += _k_check(run, c)
+    head += _k_check(run, c) + _ceiling_bound(run, c, cr)
     if cr.ratio > 1.05:
         head += (" Above 100%: the ceiling phase got less CPU than the steps did (another process "
                  "busy on shared cores then?); the CPU per request below is the steadier figure.")
@@ -118,6 +118,28 @@ def _k_check(run: Run, c: CeilingRecord) -> str:
             off.append(f"{m.size_class} {seen.mean():.2f} (ceiling {m.k:.2f})")
     return (" The requests' mean crops differ from the ceiling's (its images are a sample of the "
             "corpus): " + "; ".join(off) + ".") if off else ""
+
+
+def _ceiling_bound(run: Run, c: CeilingRecord, cr: CeilingRatio) -> str:
+    """Whether the CPU or the model instances bound the ceiling: the cores its mix kept busy
+    against the machine's (only where that CPU is all of the models': embedded sessions, or a
+    server the sweep started and measured)."""
+    cores = (run.config.get("machine") or {}).get("cores")
+    s = c.settings
+    if not cores or not (c.backend == "embedded" or "server pid" in str(s.get("cpu_of", ""))):
+        return ""
+    busy = _weighted(c, cr, lambda m: m.cpu_s / m.seconds if m.cpu_s is not None and m.seconds
+                     else None)
+    if busy is None:
+        return ""
+    inst = (f"{s.get('detector_instances', 1)} detector and {s.get('classifier_instances', '?')} "
+            f"classifier instance(s), {s.get('intra_op_threads', '?')} thread(s) each")
+    if busy < 0.85 * cores:
+        return (f" The ceiling's models kept {busy:.2f} of the machine's {cores} cores busy: its "
+                f"model instances ({inst}) bound it, not the CPU. More classifier instances "
+                f"(`--workers`) raise it while cores are left, but then the pipeline's data "
+                f"handling competes with inference for the same cores.")
+    return f" The ceiling's models kept {busy:.2f} of the machine's {cores} cores busy ({inst})."
 
 
 def _where_the_rest_went(run: Run, summary: Summary, cr: CeilingRatio, c: CeilingRecord) -> str:
