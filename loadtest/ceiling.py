@@ -127,7 +127,8 @@ def prepare_items(spec: CeilingSpec, detector, corpus: list[dict], sizes: list[s
     ``IMAGES_PER_CLASS`` corpus images, decoded and resized once (the detector run once on each
     for its crops, with the gateway's thresholds and k), and the CPU ms per request of each data
     handling component on the way (decode, resize, normalize, postprocess, serialize: the same
-    calls the pipeline makes, measured alone after one unmeasured warm-up image)."""
+    calls the pipeline makes, measured alone after one unmeasured warm-up image, on each image's
+    second pass)."""
     from pipelines.postprocess import postprocess
     from pipelines.preprocess import get_preprocessor
 
@@ -151,6 +152,12 @@ def prepare_items(spec: CeilingSpec, detector, corpus: list[dict], sizes: list[s
                                cls_norm))
         return x, crops
 
+    def twice(entry: dict, clock: _CpuClock):
+        # the first pass unmeasured and let go: the measured pass reuses its freed buffers like
+        # a gateway in steady state does (fresh pages cost page faults on every first touch)
+        one(entry, _CpuClock())
+        return one(entry, clock)
+
     out: dict[str, list] = {}
     cpu_ms: dict[str, dict[str, float]] = {}
     chosen = {size: [e for e in corpus if e["size_class"] == size][:IMAGES_PER_CLASS]
@@ -160,7 +167,7 @@ def prepare_items(spec: CeilingSpec, detector, corpus: list[dict], sizes: list[s
             raise CeilingSkipped(f"no corpus images of size class {size}")
         one(entries[0], _CpuClock())          # warm-up: first calls pay for lazy set-up
         clock = _CpuClock()
-        out[size] = [one(e, clock) for e in entries]
+        out[size] = [twice(e, clock) for e in entries]
         cpu_ms[size] = {c: ns / len(entries) / 1e6 for c, ns in clock.ns.items()}
     return out, cpu_ms
 
