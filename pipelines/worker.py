@@ -5,12 +5,16 @@ first for the batch to fill) -> per crop: ``decode_message`` (``serialize``), ``
 ``normalize`` -> ONE classifier call for the consumed crops (``infer_batch``: the worker batches
 what it consumed itself; it does not go through a MicroBatcher queue) -> one ``result`` message per
 crop on ``results`` -> ack. Malformed messages are logged, acked and kept in ``dead_letter``.
+Two threads: a preparer consumes and preprocesses the next batch while the worker's own thread
+runs the classifier on the current one (one batch ahead at most), so the model instance does not
+wait for the crops' decode, resize and normalize.
 
 Each result's header (``extra``) carries ``label``, ``class_id``, ``score`` and the crop's spans
 (``spans``: a list of ``overhead.contract.records.WireSpan`` dicts, keys ``stage``, ``component``,
 ``start_ns``, ``end_ns``, ``attrs``): ``classify/broker`` (crop produce ->
 deliver), ``classify/serialize`` (message decode), ``resize``, ``normalize``, ``queue`` (end of
-this crop's normalize -> batch start: the other crops' preprocessing plus the instance lock) and
+this crop's normalize -> batch start: the other crops' preprocessing, the previous batch's
+inference and the instance lock) and
 ``inference`` (``{"batch": n}``). Every span's attrs carry ``crop`` and ``worker`` (this worker's
 name: the report derives each worker's busy time, hence the crops' ``backlog``, from them). The
 header also says whose clock stamped them: ``proc`` (``HOST:PID``, every message) and, on the
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -45,6 +50,14 @@ from overhead.contract.records import wire_span
 
 CLOCK_EVERY_NS = 1_000_000_000   # resend this process's clock record in a result header
 log = logging.getLogger(__name__)
+
+
+class _Prepared:
+    """A consumed batch, preprocessed, waiting for the model instance."""
+    __slots__ = ("items", "to_ack", "batch")
+
+    def __init__(self, items: list, to_ack: list, batch: np.ndarray):
+        self.items, self.to_ack, self.batch = items, to_ack, batch
 
 
 class ClassifierWorker:
@@ -99,27 +112,52 @@ class ClassifierWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def run(self) -> None:
-        """Consume until ``stop()`` (or the broker closes)."""
-        while not self._stop.is_set():
-            try:
-                deliveries = self._consume_batch()
-            except BrokerUnavailable:
-                if self._stop.is_set():
-                    break
-                log.warning("%s: broker unavailable, retrying", self.name)
-                time.sleep(0.5)
-                continue
-            if deliveries:
+        """Consume until ``stop()`` (or the broker closes). A preparer thread consumes and
+        preprocesses the next batch while this thread classifies the current one (at most one
+        batch ahead), so the model instance does not wait for decode/resize/normalize."""
+        ready: queue.Queue = queue.Queue(maxsize=1)
+        prep = threading.Thread(target=self._prepare_loop, args=(ready,), daemon=True,
+                                name=f"{self.name}-prepare")
+        prep.start()
+        while (p := ready.get()) is not None:   # a batch prepared before stop() is still classified
+            self._guarded(self.classify, p)
+        prep.join()
+
+    def _prepare_loop(self, ready: queue.Queue) -> None:
+        try:
+            while not self._stop.is_set():
                 try:
-                    self.handle(deliveries)
+                    deliveries = self._consume_batch()
                 except BrokerUnavailable:
                     if self._stop.is_set():
                         break
-                    log.warning("%s: broker unavailable while handling a batch", self.name)
-                except Exception:  # noqa: BLE001 - keep consuming; the batch stays unacked
-                    self.errors += 1
-                    log.exception("%s: unexpected error handling %d deliveries", self.name,
-                                  len(deliveries))
+                    log.warning("%s: broker unavailable, retrying", self.name)
+                    time.sleep(0.5)
+                    continue
+                if deliveries and (p := self._guarded(self.prepare, deliveries)) is not None:
+                    while not self._stop.is_set():
+                        try:
+                            ready.put(p, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    else:
+                        ready.put(p)   # stopping: the classifying thread drains it
+        finally:
+            ready.put(None)
+
+    def _guarded(self, step, arg):
+        """``step(arg)``; a broker outage or an unexpected error is logged and the worker goes
+        on (the batch stays unacked, so a broker that redelivers retries it)."""
+        try:
+            return step(arg)
+        except BrokerUnavailable:
+            if not self._stop.is_set():
+                log.warning("%s: broker unavailable while handling a batch", self.name)
+        except Exception:  # noqa: BLE001 - keep consuming
+            self.errors += 1
+            log.exception("%s: unexpected error handling a batch", self.name)
+        return None
 
     def _consume_batch(self) -> list[Delivery]:
         got = self.broker.consume(self.crops_topic, self.group, self.name,
@@ -157,6 +195,10 @@ class ClassifierWorker:
     def handle(self, deliveries: list[Delivery]) -> int:
         """Classify the crops among ``deliveries``, publish their results, ack everything.
         Returns the number of results published."""
+        return self.classify(self.prepare(deliveries))
+
+    def prepare(self, deliveries: list[Delivery]) -> "_Prepared":
+        """Decode, resize and normalize the crops into one batch; malformed ones dead-lettered."""
         items = []   # (delivery, msg, spans, ready_ns); row j of ``batch`` is items[j]'s input
         to_ack = []
         # each crop is normalized straight into its row of the batch (no np.stack copy)
@@ -187,7 +229,11 @@ class ClassifierWorker:
                      wire_span("classify", "resize", t1, t2, c),
                      wire_span("classify", "normalize", t2, t3, c)]
             items.append((d, msg, spans, t3))
+        return _Prepared(items, to_ack, batch)
 
+    def classify(self, p: "_Prepared") -> int:
+        """One classifier call for a prepared batch, one result each, ack; results published."""
+        items, to_ack, batch = p.items, p.to_ack, p.batch
         published = 0
         if items:
             error = None
