@@ -123,6 +123,53 @@ def test_worker_batches_what_it_consumed(tiny_classifier, pre):
     backend.close()
 
 
+class SleepClassifier:
+    """TEST DOUBLE of a classifier backend (``infer_batch`` -> ``InferResult``, like the embedded
+    session's) whose inference is a fixed sleep per call: a known inference time."""
+
+    def __init__(self, seconds: float, output_name: str, classes: int):
+        self.seconds, self.output_name, self.classes = seconds, output_name, classes
+
+    def infer_batch(self, batch, request_id=None):
+        from pipelines.inference import InferResult
+        start = time.time_ns()
+        time.sleep(self.seconds)
+        probs = np.full((len(batch), self.classes), 1.0 / self.classes, np.float32)
+        return InferResult({self.output_name: probs}, start, start, time.time_ns(), len(batch))
+
+
+def test_worker_prepares_the_next_batch_while_the_current_one_is_classified(tiny_classifier, pre):
+    """Known answer: preprocessing sleeps 5 ms a crop (the calibration knob: 20 ms a batch of
+    4), inference 50 ms a batch. One after the other, 10 batches take >= 0.7 s; with the next
+    batch prepared during the current one's inference, ~0.52 s, and a batch's crops are all
+    preprocessed before the previous batch's inference ends."""
+    broker = MemoryBroker()
+    broker.consume("results", "test", "t", timeout_s=0)
+    backend = SleepClassifier(0.05, tiny_classifier.output_names[0], 3)
+    worker = ClassifierWorker(broker, backend, pre, tiny_classifier, batch=4, name="w0",
+                              calibration_crop_sleep_ms=5)
+    for i in range(40):
+        broker.publish("crops", _crop_msg(f"r{i // 4}", i % 4, 4, np.full((12, 12, 3), 9, np.uint8)))
+    t0 = time.monotonic()
+    worker.start()
+    results = _results(broker, 40, timeout=10)
+    elapsed = time.monotonic() - t0
+    worker.stop()
+    assert len(results) == 40 and worker.batches == 10
+    assert elapsed < 0.7, f"{elapsed:.2f} s: preprocessing and inference did not overlap"
+
+    def span(m, comp):
+        return next(s for s in m.extra["spans"] if s["component"] == comp)
+
+    batches: dict[int, list[int]] = {}   # a batch's inference end -> its crops' normalize ends
+    for m in results:
+        batches.setdefault(span(m, "inference")["end_ns"], []).append(span(m, "normalize")["end_ns"])
+    ends = sorted(batches)
+    # batch i+1's crops were all preprocessed before batch i's inference ended
+    overlapped = sum(1 for a, b in zip(ends, ends[1:]) if max(batches[b]) < a)
+    assert overlapped >= 5, overlapped
+
+
 def test_worker_with_own_recorder_keeps_spans_out_of_the_header(tiny_classifier, pre):
     broker = MemoryBroker()
     broker.consume("results", "test", "t", timeout_s=0)
