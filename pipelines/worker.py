@@ -135,14 +135,7 @@ class ClassifierWorker:
                     time.sleep(0.5)
                     continue
                 if deliveries and (p := self._guarded(self.prepare, deliveries)) is not None:
-                    while not self._stop.is_set():
-                        try:
-                            ready.put(p, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    else:
-                        ready.put(p)   # stopping: the classifying thread drains it
+                    ready.put(p)   # waits for the classifying thread, which drains until None
         finally:
             ready.put(None)
 
